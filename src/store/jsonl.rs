@@ -1,0 +1,601 @@
+//! JSONL streams: one event envelope per line.
+//!
+//! [`JsonlSource`] reads a file, or a folder of `.jsonl`/`.ndjson` files in name order.
+//! The log order is the reading order unless every event carries a `position`, in which case
+//! files are merged by position. The first event of the log decides which: when it carries a
+//! position every event must (strictly increasing within a file); when it does not, no event
+//! may, and each event's log position is its 0-based ordinal in reading order. A log that mixes
+//! the two is refused rather than ordered by guesswork.
+//!
+//! [`JsonlSink`] appends to one file, assigning revisions and positions like a store. Its
+//! [`SinkMark`] is the file length and event count at a commit; resuming truncates the file
+//! back to the mark, so events written after the last checkpoint are written again exactly
+//! once. It keeps one revision counter per stream in memory.
+
+use super::{
+    AppendOutcome, AppendRequest, EventSink, EventSource, EventStream, SinkMark, StoreError,
+    StreamState,
+};
+use crate::event::Event;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Reads one JSONL file line by line, yielding each event with its line number.
+pub struct JsonlFileReader {
+    path: PathBuf,
+    reader: BufReader<File>,
+    line_number: u64,
+    buffer: String,
+}
+
+impl JsonlFileReader {
+    /// Opens a file for reading.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let file = File::open(path).map_err(io_error(path))?;
+        Ok(JsonlFileReader {
+            path: path.to_path_buf(),
+            reader: BufReader::with_capacity(1 << 16, file),
+            line_number: 0,
+            buffer: String::new(),
+        })
+    }
+
+    /// The next non-blank line, with its line number.
+    pub fn next_line(&mut self) -> Option<Result<(u64, &str), StoreError>> {
+        loop {
+            self.buffer.clear();
+            self.line_number += 1;
+            match self.reader.read_line(&mut self.buffer) {
+                Ok(0) => return None,
+                Ok(_) if self.buffer.trim().is_empty() => continue,
+                Ok(_) => return Some(Ok((self.line_number, self.buffer.trim_end()))),
+                Err(source) => {
+                    return Some(Err(StoreError::BadLine {
+                        path: self.path.clone(),
+                        line: self.line_number,
+                        message: format!("cannot read line: {source}"),
+                        source: None,
+                    }))
+                }
+            }
+        }
+    }
+
+    fn next_event(&mut self) -> Option<Result<(u64, Event), StoreError>> {
+        let path = self.path.clone();
+        let (line, text) = match self.next_line()? {
+            Ok(found) => found,
+            Err(err) => return Some(Err(err)),
+        };
+        Some(parse_event_line(&path, line, text).map(|event| (line, event)))
+    }
+}
+
+/// Parses and checks one envelope line, naming file and line in any error.
+pub fn parse_event_line(path: &Path, line: u64, text: &str) -> Result<Event, StoreError> {
+    let event: Event = serde_json::from_str(text).map_err(|err| bad_json(path, line, err))?;
+    event.validate().map_err(|source| StoreError::BadEvent {
+        path: path.to_path_buf(),
+        line,
+        source,
+    })?;
+    Ok(event)
+}
+
+/// A JSON error on a line of a file, with the column instead of serde's "line 1".
+pub fn bad_json(path: &Path, line: u64, err: serde_json::Error) -> StoreError {
+    let text = err.to_string();
+    let message = text.rsplit_once(" at line ").map_or(text.as_str(), |(m, _)| m);
+    StoreError::BadLine {
+        path: path.to_path_buf(),
+        line,
+        message: format!("{message} (column {})", err.column()),
+        source: Some(err),
+    }
+}
+
+/// The files a JSONL location holds, in name order.
+pub fn jsonl_files(path: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    if !path.is_dir() {
+        if !path.exists() {
+            return Err(StoreError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
+            });
+        }
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in fs::read_dir(path).map_err(io_error(path))? {
+        let file = entry.map_err(io_error(path))?.path();
+        let is_jsonl = matches!(
+            file.extension().and_then(|e| e.to_str()),
+            Some("jsonl" | "ndjson")
+        );
+        if is_jsonl && file.is_file() {
+            files.push(file);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The events of a JSONL location in log order (see the module docs for the order rules).
+pub struct LogReader {
+    readers: Vec<JsonlFileReader>,
+    /// Next event of each file, used when merging by position.
+    heads: Vec<Option<(u64, Event)>>,
+    mode: Option<PositionMode>,
+    current: usize,
+    ordinal: u64,
+    last_position: Option<u64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PositionMode {
+    Ordinal,
+    Carried,
+}
+
+impl LogReader {
+    /// Opens every file of a location.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let readers = jsonl_files(path)?
+            .iter()
+            .map(|file| JsonlFileReader::open(file))
+            .collect::<Result<Vec<_>, _>>()?;
+        let heads = readers.iter().map(|_| None).collect();
+        Ok(LogReader {
+            readers,
+            heads,
+            mode: None,
+            current: 0,
+            ordinal: 0,
+            last_position: None,
+        })
+    }
+
+    fn mixed_error(&self, file: usize, line: u64, has_position: bool) -> StoreError {
+        let message = if has_position {
+            "this event carries a position but the first event of the log does not: either every event carries one or none does"
+        } else {
+            "this event has no position but the first event of the log has one: either every event carries one or none does"
+        };
+        StoreError::BadLine {
+            path: self.readers[file].path.clone(),
+            line,
+            message: message.to_string(),
+            source: None,
+        }
+    }
+
+    fn next_from_file(&mut self, file: usize) -> Option<Result<(u64, Event), StoreError>> {
+        let (line, event) = match self.readers[file].next_event()? {
+            Ok(found) => found,
+            Err(err) => return Some(Err(err)),
+        };
+        let mode = *self.mode.get_or_insert(if event.position.is_some() {
+            PositionMode::Carried
+        } else {
+            PositionMode::Ordinal
+        });
+        match (mode, event.position.is_some()) {
+            (PositionMode::Ordinal, true) => Some(Err(self.mixed_error(file, line, true))),
+            (PositionMode::Carried, false) => Some(Err(self.mixed_error(file, line, false))),
+            _ => Some(Ok((line, event))),
+        }
+    }
+
+    fn next_ordinal(&mut self) -> Option<Result<Event, StoreError>> {
+        while self.current < self.readers.len() {
+            match self.next_from_file(self.current) {
+                None => self.current += 1,
+                Some(Ok((_, mut event))) => {
+                    event.position = Some(self.ordinal);
+                    self.ordinal += 1;
+                    return Some(Ok(event));
+                }
+                Some(Err(err)) => return Some(Err(err)),
+            }
+        }
+        None
+    }
+
+    fn refill(&mut self, file: usize) -> Result<(), StoreError> {
+        if self.heads[file].is_some() {
+            return Ok(());
+        }
+        if let Some(next) = self.next_from_file(file) {
+            let (line, event) = next?;
+            self.heads[file] = Some((line, event));
+        }
+        Ok(())
+    }
+
+    fn next_merged(&mut self) -> Option<Result<Event, StoreError>> {
+        for file in 0..self.readers.len() {
+            if let Err(err) = self.refill(file) {
+                return Some(Err(err));
+            }
+        }
+        let position_of = |head: &Option<(u64, Event)>| head.as_ref().and_then(|(_, e)| e.position);
+        let file = (0..self.heads.len())
+            .filter(|&i| self.heads[i].is_some())
+            .min_by_key(|&i| position_of(&self.heads[i]))?;
+        let (line, event) = self.heads[file].take()?;
+        let position = event.position.unwrap_or_default();
+        if self.last_position.is_some_and(|last| position <= last) {
+            return Some(Err(StoreError::BadLine {
+                path: self.readers[file].path.clone(),
+                line,
+                message: format!(
+                    "position {position} does not come after position {} read before it",
+                    self.last_position.unwrap_or_default()
+                ),
+                source: None,
+            }));
+        }
+        self.last_position = Some(position);
+        Some(Ok(event))
+    }
+}
+
+impl Iterator for LogReader {
+    type Item = Result<Event, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.mode.is_none() {
+            // The first event decides the mode; read it through the ordinal path's file walk.
+            while self.current < self.readers.len() && self.heads[self.current].is_none() {
+                match self.next_from_file(self.current) {
+                    None => self.current += 1,
+                    Some(Ok(head)) => self.heads[self.current] = Some(head),
+                    Some(Err(err)) => return Some(Err(err)),
+                }
+            }
+        }
+        match self.mode? {
+            PositionMode::Carried => self.next_merged(),
+            PositionMode::Ordinal => {
+                if let Some((_, mut event)) = self.heads.get_mut(self.current)?.take() {
+                    event.position = Some(self.ordinal);
+                    self.ordinal += 1;
+                    return Some(Ok(event));
+                }
+                self.next_ordinal()
+            }
+        }
+    }
+}
+
+/// A JSONL file or folder read as an event source.
+pub struct JsonlSource {
+    path: PathBuf,
+}
+
+impl JsonlSource {
+    /// A source over a file or folder; fails when it does not exist.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        jsonl_files(path)?;
+        Ok(JsonlSource {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The events in log order, as a plain iterator.
+    pub fn events(&self) -> Result<LogReader, StoreError> {
+        LogReader::open(&self.path)
+    }
+}
+
+impl EventSource for JsonlSource {
+    fn describe(&self) -> String {
+        format!("jsonl:{}", self.path.display())
+    }
+
+    fn read_all(&self, after: Option<u64>) -> EventStream<'_> {
+        let events = self.events();
+        Box::pin(async_stream::try_stream! {
+            for event in events? {
+                let event = event?;
+                if after.is_none_or(|after| event.position.is_some_and(|p| p > after)) {
+                    yield event;
+                }
+            }
+        })
+    }
+
+    fn read_stream<'a>(&'a self, stream: &'a str, from_revision: u64) -> EventStream<'a> {
+        let events = self.events();
+        Box::pin(async_stream::try_stream! {
+            for event in events? {
+                let event = event?;
+                if event.stream == stream && event.revision >= from_revision {
+                    yield event;
+                }
+            }
+        })
+    }
+
+    fn list_streams(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        async move {
+            let mut streams = std::collections::BTreeSet::new();
+            for event in self.events()? {
+                streams.insert(event?.stream);
+            }
+            Ok(streams.into_iter().collect())
+        }
+        .boxed()
+    }
+}
+
+/// An append-only JSONL file written as a store.
+pub struct JsonlSink {
+    path: PathBuf,
+    file: BufWriter<File>,
+    bytes: u64,
+    next_position: u64,
+    heads: HashMap<String, u64>,
+}
+
+#[derive(Deserialize)]
+struct StreamRevision {
+    stream: String,
+    revision: u64,
+}
+
+impl JsonlSink {
+    /// Opens (or creates) the file; nothing is changed until [`EventSink::restore`].
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if path.is_dir() {
+            return Err(StoreError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other("a JSONL target must be a file, not a folder"),
+            });
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(io_error(parent))?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io_error(path))?;
+        Ok(JsonlSink {
+            path: path.to_path_buf(),
+            file: BufWriter::with_capacity(1 << 16, file),
+            bytes: 0,
+            next_position: 0,
+            heads: HashMap::new(),
+        })
+    }
+
+    fn rescan_heads(&mut self, bytes: u64) -> Result<u64, StoreError> {
+        let mut reader = BufReader::new(File::open(&self.path).map_err(io_error(&self.path))?)
+            .take(bytes);
+        let mut line = String::new();
+        let mut count = 0;
+        let mut line_number = 0;
+        loop {
+            line.clear();
+            line_number += 1;
+            if reader.read_line(&mut line).map_err(io_error(&self.path))? == 0 {
+                return Ok(count);
+            }
+            if line.trim().is_empty() {
+                continue;
+            }
+            let head: StreamRevision = serde_json::from_str(&line)
+                .map_err(|err| bad_json(&self.path, line_number, err))?;
+            self.heads.insert(head.stream, head.revision);
+            count += 1;
+        }
+    }
+
+    fn append_one(&mut self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+        crate::event::validate_stream_name(&request.stream)?;
+        let state = self
+            .heads
+            .get(&request.stream)
+            .map_or(StreamState::NoStream, |&r| StreamState::At(r));
+        if !state.satisfies(request.expected) {
+            return Err(StoreError::WrongExpectedRevision {
+                stream: request.stream,
+                expected: request.expected,
+                actual: state,
+            });
+        }
+        let mut revision = state.next_revision();
+        let written = request.events.len();
+        for new_event in request.events {
+            let event = new_event.into_event(&request.stream, revision, self.next_position);
+            let mut line = event.to_json_line();
+            line.push('\n');
+            self.file
+                .write_all(line.as_bytes())
+                .map_err(io_error(&self.path))?;
+            self.bytes += line.len() as u64;
+            self.next_position += 1;
+            revision += 1;
+        }
+        let last_revision = revision.saturating_sub(1);
+        if written > 0 {
+            self.heads.insert(request.stream, last_revision);
+        }
+        Ok(AppendOutcome {
+            last_revision,
+            written,
+            duplicates: 0,
+        })
+    }
+}
+
+impl EventSink for JsonlSink {
+    fn describe(&self) -> String {
+        format!("jsonl:{}", self.path.display())
+    }
+
+    fn stream_state<'a>(&'a mut self, stream: &'a str) -> BoxFuture<'a, Result<StreamState, StoreError>> {
+        let state = self
+            .heads
+            .get(stream)
+            .map_or(StreamState::NoStream, |&r| StreamState::At(r));
+        async move { Ok(state) }.boxed()
+    }
+
+    fn append_batch(
+        &mut self,
+        batch: Vec<AppendRequest>,
+    ) -> BoxFuture<'_, Result<Vec<AppendOutcome>, StoreError>> {
+        async move { batch.into_iter().map(|r| self.append_one(r)).collect() }.boxed()
+    }
+
+    fn commit(&mut self) -> BoxFuture<'_, Result<SinkMark, StoreError>> {
+        async move {
+            self.file.flush().map_err(io_error(&self.path))?;
+            self.file.get_ref().sync_data().map_err(io_error(&self.path))?;
+            Ok(serde_json::json!({"bytes": self.bytes, "events": self.next_position}))
+        }
+        .boxed()
+    }
+
+    fn restore<'a>(&'a mut self, mark: Option<&'a SinkMark>) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let length = self.file.get_ref().metadata().map_err(io_error(&self.path))?.len();
+            let Some(mark) = mark else {
+                if length > 0 {
+                    return Err(StoreError::TargetNotEmpty { target: self.describe() });
+                }
+                return Ok(());
+            };
+            let bad_mark = |reason: String| StoreError::BadMark { target: self.describe(), reason };
+            let bytes = mark["bytes"].as_u64().ok_or_else(|| bad_mark("no byte length".into()))?;
+            if length < bytes {
+                return Err(bad_mark(format!(
+                    "the file has {length} bytes but the checkpoint covers {bytes}: it was changed outside recast"
+                )));
+            }
+            self.file.get_ref().set_len(bytes).map_err(io_error(&self.path))?;
+            self.file.seek(SeekFrom::Start(bytes)).map_err(io_error(&self.path))?;
+            self.heads.clear();
+            self.next_position = self.rescan_heads(bytes)?;
+            self.bytes = bytes;
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Payload;
+    use crate::store::{ExpectedRevision, NewEvent};
+    use futures::TryStreamExt;
+    use std::io::Write as _;
+
+    fn line(stream: &str, revision: u64, position: Option<u64>, n: u32) -> String {
+        let position = position.map_or(String::new(), |p| format!(r#""position":{p},"#));
+        format!(
+            r#"{{"stream":"{stream}","revision":{revision},{position}"id":"00000000-0000-0000-0000-{n:012}","type":"T","data":{{"n":{n}}}}}"#
+        )
+    }
+
+    fn write(path: &Path, lines: &[String]) {
+        let mut file = File::create(path).unwrap();
+        for l in lines {
+            writeln!(file, "{l}").unwrap();
+        }
+    }
+
+    fn new_event(n: u128) -> NewEvent {
+        NewEvent {
+            id: uuid::Uuid::from_u128(n),
+            event_type: "T".into(),
+            version: 1,
+            data: Payload::Parsed(serde_json::json!({"n": n as u64})),
+            metadata: Payload::empty_object(),
+            recorded_at: None,
+        }
+    }
+
+    #[test]
+    fn folder_without_positions_reads_in_file_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        write(&dir.path().join("b.jsonl"), &[line("s", 1, None, 2)]);
+        write(&dir.path().join("a.jsonl"), &[line("s", 0, None, 1), String::new()]);
+        let events: Vec<_> = LogReader::open(dir.path()).unwrap().map(Result::unwrap).collect();
+        let order: Vec<_> = events.iter().map(|e| (e.revision, e.position)).collect();
+        assert_eq!(order, vec![(0, Some(0)), (1, Some(1))]);
+    }
+
+    #[test]
+    fn folder_with_positions_merges_by_position() {
+        let dir = tempfile::tempdir().unwrap();
+        write(&dir.path().join("a.jsonl"), &[line("a", 0, Some(1), 1), line("a", 1, Some(4), 4)]);
+        write(&dir.path().join("b.jsonl"), &[line("b", 0, Some(2), 2), line("b", 1, Some(3), 3)]);
+        let positions: Vec<_> = LogReader::open(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().position.unwrap())
+            .collect();
+        assert_eq!(positions, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn mixed_positions_and_bad_lines_name_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.jsonl");
+        write(&path, &[line("s", 0, None, 1), line("s", 1, Some(7), 2)]);
+        let err = LogReader::open(&path).unwrap().nth(1).unwrap().unwrap_err();
+        assert!(err.to_string().starts_with(&format!("{}:2: this event carries", path.display())), "{err}");
+        write(&path, &[line("s", 0, None, 1), "{not json".into()]);
+        let err = LogReader::open(&path).unwrap().nth(1).unwrap().unwrap_err();
+        assert!(err.to_string().contains("x.jsonl:2: key must be a string"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn sink_resumes_by_truncating_to_its_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let mut sink = JsonlSink::open(&path).unwrap();
+        sink.restore(None).await.unwrap();
+        let request = |n, expected| AppendRequest {
+            stream: "s-1".into(),
+            expected,
+            events: vec![new_event(n)],
+        };
+        sink.append_batch(vec![request(1, ExpectedRevision::NoStream)]).await.unwrap();
+        let mark = sink.commit().await.unwrap();
+        sink.append_batch(vec![request(2, ExpectedRevision::Exact(0))]).await.unwrap();
+        sink.commit().await.unwrap();
+        drop(sink);
+
+        let mut sink = JsonlSink::open(&path).unwrap();
+        assert!(matches!(sink.restore(None).await, Err(StoreError::TargetNotEmpty { .. })));
+        sink.restore(Some(&mark)).await.unwrap();
+        assert_eq!(sink.stream_state("s-1").await.unwrap(), StreamState::At(0));
+        let wrong = sink.append_batch(vec![request(2, ExpectedRevision::NoStream)]).await;
+        assert!(matches!(wrong, Err(StoreError::WrongExpectedRevision { .. })));
+        sink.append_batch(vec![request(2, ExpectedRevision::Exact(0))]).await.unwrap();
+        sink.commit().await.unwrap();
+
+        let source = JsonlSource::open(&path).unwrap();
+        let events: Vec<Event> = source.read_all(None).try_collect().await.unwrap();
+        let got: Vec<_> = events.iter().map(|e| (e.revision, e.position)).collect();
+        assert_eq!(got, vec![(0, Some(0)), (1, Some(1))]);
+    }
+}
