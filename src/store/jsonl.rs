@@ -506,7 +506,6 @@ mod tests {
     use crate::event::Payload;
     use crate::store::{ExpectedRevision, NewEvent};
     use futures::TryStreamExt;
-    use std::io::Write as _;
 
     fn line(stream: &str, revision: u64, position: Option<u64>, n: u32) -> String {
         let position = position.map_or(String::new(), |p| format!(r#""position":{p},"#));

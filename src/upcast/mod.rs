@@ -1,0 +1,3 @@
+pub mod jq;
+pub mod ops;
+pub mod pointer;
