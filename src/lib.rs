@@ -1,3 +1,4 @@
 pub mod event;
 pub mod store;
 pub mod upcast;
+pub mod checkpoint;
