@@ -10,6 +10,7 @@ use crate::event::{canonical_json, Event};
 use futures::TryStreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
 /// A running digest of events in log order.
 #[derive(Clone, Default)]
@@ -68,22 +69,21 @@ impl LogDigest {
     }
 }
 
-/// Reads a whole source and digests it.
-pub async fn digest_source(source: &dyn EventSource) -> Result<DigestSummary, StoreError> {
+/// Reads a whole source and digests it, counting events per `Type vN` on the way.
+pub async fn digest_source(source: &dyn EventSource) -> Result<(DigestSummary, BTreeMap<String, u64>), StoreError> {
+    let name = source.describe();
     let mut digest = LogDigest::default();
+    let mut kinds = BTreeMap::new();
     let mut events = source.read_all(None);
     while let Some(event) = events.try_next().await? {
+        *kinds.entry(format!("{} v{}", event.event_type, event.version)).or_default() += 1;
         digest.add(&event).map_err(|source| StoreError::Corrupt {
-            path: source_path(&event),
+            path: name.clone().into(),
             position: event.position.unwrap_or_default(),
             source,
         })?;
     }
-    Ok(digest.finish())
-}
-
-fn source_path(event: &Event) -> std::path::PathBuf {
-    std::path::PathBuf::from(format!("stream {}", event.stream))
+    Ok((digest.finish(), kinds))
 }
 
 #[cfg(test)]

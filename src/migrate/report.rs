@@ -1,0 +1,87 @@
+//! What a migration did, event by event, added up: [`MigrationCounts`] and [`MigrationReport`].
+//!
+//! Every source event ends in exactly one of: unchanged (no upcaster), upcast (one output),
+//! split (several outputs), dropped (none), dead-lettered, skipped. [`MigrationCounts::accounted`]
+//! checks that these add up to the events read. Counts are kept in the checkpoint, so a resumed
+//! job reports the whole job, not only its last run.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Running totals of a migration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationCounts {
+    /// Source events read.
+    pub source_events: u64,
+    /// Events written (or, in a dry run, that would be written).
+    pub target_events: u64,
+    /// Source events no upcaster touched.
+    pub unchanged: u64,
+    /// Source events upcast into exactly one event.
+    pub upcast: u64,
+    /// Source events split into several events.
+    pub split: u64,
+    /// Source events upcast into no event.
+    pub dropped: u64,
+    /// Source events sent to the dead-letter file.
+    pub dead_lettered: u64,
+    /// Source events skipped after an error.
+    pub skipped: u64,
+    /// Source events per `Type vN`.
+    pub source_kinds: BTreeMap<String, u64>,
+    /// Target events per `Type vN`.
+    pub target_kinds: BTreeMap<String, u64>,
+    /// Applications of each upcaster (by file or name).
+    pub upcasters: BTreeMap<String, u64>,
+}
+
+impl MigrationCounts {
+    /// True when every source event is counted in exactly one outcome.
+    pub fn accounted(&self) -> bool {
+        self.unchanged + self.upcast + self.split + self.dropped + self.dead_lettered + self.skipped
+            == self.source_events
+    }
+}
+
+/// At most this many error messages are kept in a report.
+pub const MAX_REPORTED_ERRORS: usize = 100;
+
+/// The result of a migration run (or dry run, or plan).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MigrationReport {
+    /// The job's checkpoint key.
+    pub job: String,
+    /// Source location.
+    pub source: String,
+    /// Target location.
+    pub target: String,
+    /// True when nothing was written.
+    pub dry_run: bool,
+    /// The checkpoint position this run started after, if it resumed.
+    pub resumed_after: Option<u64>,
+    /// The last source position fully written.
+    pub position: Option<u64>,
+    /// True when the whole source was processed (false when stopped or failed).
+    pub completed: bool,
+    /// Checksum of the upcaster set used.
+    pub upcaster_checksum: String,
+    /// Totals over the whole job.
+    pub counts: MigrationCounts,
+    /// Messages of events that were skipped or dead-lettered (the first 100).
+    pub errors: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accounted_needs_every_event_in_one_outcome() {
+        let mut counts = MigrationCounts { source_events: 5, unchanged: 1, upcast: 1, split: 1, dropped: 1, ..Default::default() };
+        assert!(!counts.accounted());
+        counts.dead_lettered = 1;
+        assert!(counts.accounted());
+        counts.skipped = 1;
+        assert!(!counts.accounted());
+    }
+}
