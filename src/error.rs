@@ -24,6 +24,15 @@ pub enum Error {
     /// The checkpoint store failed.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// An import failed.
+    #[error(transparent)]
+    Import(#[from] crate::import::ImportError),
+    /// Generating a synthetic log failed.
+    #[error(transparent)]
+    Generate(#[from] crate::generate::GenerateError),
+    /// A stream template does not parse.
+    #[error(transparent)]
+    Template(#[from] crate::migrate::template::TemplateError),
 }
 
 /// `Result` with the crate's [`Error`].
