@@ -72,44 +72,66 @@ pub struct CheckpointStore {
 impl CheckpointStore {
     /// Opens (or creates) the store in `path`.
     pub fn open(path: &Path) -> Result<Self, CheckpointError> {
-        let sled_error = |source| CheckpointError::Sled { path: path.to_path_buf(), source };
+        let sled_error = |source| CheckpointError::Sled {
+            path: path.to_path_buf(),
+            source,
+        };
         let db = sled::open(path).map_err(|source| match &source {
             sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                CheckpointError::Locked { path: path.to_path_buf() }
+                CheckpointError::Locked {
+                    path: path.to_path_buf(),
+                }
             }
             _ => sled_error(source),
         })?;
         let tree = db.open_tree("checkpoints").map_err(sled_error)?;
-        Ok(CheckpointStore { path: path.to_path_buf(), tree, db })
+        Ok(CheckpointStore {
+            path: path.to_path_buf(),
+            tree,
+            db,
+        })
     }
 
     fn sled_error(&self, source: sled::Error) -> CheckpointError {
-        CheckpointError::Sled { path: self.path.clone(), source }
+        CheckpointError::Sled {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// The checkpoint of a job, if it has one.
     pub fn load<T: DeserializeOwned>(&self, job: &JobId) -> Result<Option<T>, CheckpointError> {
-        let Some(bytes) = self.tree.get(job.as_str()).map_err(|e| self.sled_error(e))? else {
+        let Some(bytes) = self
+            .tree
+            .get(job.as_str())
+            .map_err(|e| self.sled_error(e))?
+        else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes).map(Some).map_err(|source| CheckpointError::Corrupt {
-            job: job.to_string(),
-            path: self.path.clone(),
-            source,
-        })
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| CheckpointError::Corrupt {
+                job: job.to_string(),
+                path: self.path.clone(),
+                source,
+            })
     }
 
     /// Saves a job's checkpoint durably.
     pub fn save<T: Serialize>(&self, job: &JobId, checkpoint: &T) -> Result<(), CheckpointError> {
         let bytes = serde_json::to_vec(checkpoint).expect("checkpoints serialize");
-        self.tree.insert(job.as_str(), bytes).map_err(|e| self.sled_error(e))?;
+        self.tree
+            .insert(job.as_str(), bytes)
+            .map_err(|e| self.sled_error(e))?;
         self.db.flush().map_err(|e| self.sled_error(e))?;
         Ok(())
     }
 
     /// Forgets a job's checkpoint.
     pub fn remove(&self, job: &JobId) -> Result<(), CheckpointError> {
-        self.tree.remove(job.as_str()).map_err(|e| self.sled_error(e))?;
+        self.tree
+            .remove(job.as_str())
+            .map_err(|e| self.sled_error(e))?;
         self.db.flush().map_err(|e| self.sled_error(e))?;
         Ok(())
     }
@@ -126,7 +148,10 @@ mod tests {
         assert_ne!(job, JobId::new("migrate", &["ab", ""]));
         {
             let store = CheckpointStore::open(dir.path()).unwrap();
-            assert!(matches!(CheckpointStore::open(dir.path()), Err(CheckpointError::Locked { .. })));
+            assert!(matches!(
+                CheckpointStore::open(dir.path()),
+                Err(CheckpointError::Locked { .. })
+            ));
             assert_eq!(store.load::<u64>(&job).unwrap(), None);
             store.save(&job, &42u64).unwrap();
         }

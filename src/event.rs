@@ -181,7 +181,9 @@ impl Event {
 
 /// The part of a stream name before the first `-` (the whole name when there is none).
 pub fn stream_category(stream: &str) -> &str {
-    stream.split_once('-').map_or(stream, |(category, _)| category)
+    stream
+        .split_once('-')
+        .map_or(stream, |(category, _)| category)
 }
 
 /// The part of a stream name after the first `-` (empty when there is none).
@@ -354,8 +356,14 @@ mod tests {
 
     #[test]
     fn version_sources_resolve_type_and_version() {
-        assert_eq!(split_type_suffix("OrderPlaced.v2"), ("OrderPlaced".into(), 2));
-        assert_eq!(split_type_suffix("OrderPlaced_v12"), ("OrderPlaced".into(), 12));
+        assert_eq!(
+            split_type_suffix("OrderPlaced.v2"),
+            ("OrderPlaced".into(), 2)
+        );
+        assert_eq!(
+            split_type_suffix("OrderPlaced_v12"),
+            ("OrderPlaced".into(), 12)
+        );
         assert_eq!(split_type_suffix("Order_vx"), ("Order_vx".into(), 1));
         let meta = json!({"schema_version": "3"});
         let source = VersionSource::parse("metadata:schema_version").unwrap();
@@ -367,7 +375,10 @@ mod tests {
     #[test]
     fn canonical_json_sorts_keys_at_every_depth() {
         let mut out = String::new();
-        canonical_json(&json!({"b": {"d": 1, "c": [2, {"f": 1, "e": 0}]}, "a": "x"}), &mut out);
+        canonical_json(
+            &json!({"b": {"d": 1, "c": [2, {"f": 1, "e": 0}]}, "a": "x"}),
+            &mut out,
+        );
         assert_eq!(out, r#"{"a":"x","b":{"c":[2,{"e":0,"f":1}],"d":1}}"#);
     }
 }

@@ -35,9 +35,15 @@ pub struct GenerateOptions {
     pub seed: u64,
 }
 
-const FIRST_NAMES: &[&str] = &["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Margaret", "Ken"];
-const LAST_NAMES: &[&str] = &["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Hamilton", "Thompson"];
-const SKUS: &[&str] = &["apple", "bread", "cheese", "dates", "eggs", "flour", "grapes", "honey"];
+const FIRST_NAMES: &[&str] = &[
+    "Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Margaret", "Ken",
+];
+const LAST_NAMES: &[&str] = &[
+    "Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Hamilton", "Thompson",
+];
+const SKUS: &[&str] = &[
+    "apple", "bread", "cheese", "dates", "eggs", "flour", "grapes", "honey",
+];
 const UNITS: &[&str] = &["pcs", "kg", "m"];
 const CARRIERS: &[&str] = &["DHL", "UPS", "GLS", "PostNord"];
 const START_UNIX: i64 = 1_704_067_200; // 2024-01-01T00:00:00Z
@@ -63,7 +69,11 @@ pub fn generate(options: GenerateOptions, out: &mut dyn Write) -> Result<(), Gen
         let revision = revisions[stream_number as usize];
         revisions[stream_number as usize] += 1;
         let is_user = stream_number % 4 == 0;
-        let stream = if is_user { format!("user-{stream_number}") } else { format!("order-{stream_number}") };
+        let stream = if is_user {
+            format!("user-{stream_number}")
+        } else {
+            format!("order-{stream_number}")
+        };
         let (event_type, version, data) = if is_user {
             user_event(&mut rng, revision)
         } else {
@@ -90,7 +100,8 @@ pub fn generate(options: GenerateOptions, out: &mut dyn Write) -> Result<(), Gen
         line.clear();
         line.push_str(&event.to_string());
         line.push('\n');
-        out.write_all(line.as_bytes()).map_err(GenerateError::Write)?;
+        out.write_all(line.as_bytes())
+            .map_err(GenerateError::Write)?;
     }
     out.flush().map_err(GenerateError::Write)
 }
@@ -100,38 +111,102 @@ fn user_event(rng: &mut ChaCha8Rng, revision: u64) -> (&'static str, u32, Value)
         return ("CartViewed", 1, json!({"sku": pick(rng, SKUS)}));
     }
     let (first, last) = (pick(rng, FIRST_NAMES), pick(rng, LAST_NAMES));
-    let email = format!("{}.{}@example.com", first.to_lowercase(), last.to_lowercase());
+    let email = format!(
+        "{}.{}@example.com",
+        first.to_lowercase(),
+        last.to_lowercase()
+    );
     match rng.gen_range(0..3) {
-        0 => ("UserRegistered", 1, json!({"first_name": first, "last_name": last, "email": email})),
-        1 if rng.gen_bool(0.5) => ("UserRegistered", 2, json!({"full_name": format!("{first} {last}"), "email": email, "newsletter": if rng.gen_bool(0.5) { "Y" } else { "N" }})),
-        1 => ("UserRegistered", 2, json!({"full_name": format!("{first} {last}"), "email": email})),
-        _ => ("UserRegistered", 3, json!({"full_name": format!("{first} {last}"), "email": email, "registered_by": "user-0", "newsletter": rng.gen_bool(0.5)})),
+        0 => (
+            "UserRegistered",
+            1,
+            json!({"first_name": first, "last_name": last, "email": email}),
+        ),
+        1 if rng.gen_bool(0.5) => (
+            "UserRegistered",
+            2,
+            json!({"full_name": format!("{first} {last}"), "email": email, "newsletter": if rng.gen_bool(0.5) { "Y" } else { "N" }}),
+        ),
+        1 => (
+            "UserRegistered",
+            2,
+            json!({"full_name": format!("{first} {last}"), "email": email}),
+        ),
+        _ => (
+            "UserRegistered",
+            3,
+            json!({"full_name": format!("{first} {last}"), "email": email, "registered_by": "user-0", "newsletter": rng.gen_bool(0.5)}),
+        ),
     }
 }
 
-fn order_event(rng: &mut ChaCha8Rng, revision: u64, stream_number: u64) -> (&'static str, u32, Value) {
+fn order_event(
+    rng: &mut ChaCha8Rng,
+    revision: u64,
+    stream_number: u64,
+) -> (&'static str, u32, Value) {
     let order_id = format!("o-{stream_number}");
     let customer = format!("user-{}", stream_number / 4 * 4);
     let cents = rng.gen_range(100..100_000u64);
     if revision == 0 {
         let address = format!("{} Main Street", rng.gen_range(1..200));
         return match rng.gen_range(0..3) {
-            0 => ("OrderPlaced", 1, json!({"order_id": order_id, "customer_id": customer, "total": decimal(cents), "shipping_address": address})),
-            1 => ("OrderPlaced", 2, json!({"order_id": order_id, "customer_id": customer, "total_cents": cents, "currency": "EUR", "shipping_address": address})),
-            _ => ("OrderPlaced", 3, json!({"order_id": order_id, "customer_id": customer, "total_cents": cents, "currency": "EUR"})),
+            0 => (
+                "OrderPlaced",
+                1,
+                json!({"order_id": order_id, "customer_id": customer, "total": decimal(cents), "shipping_address": address}),
+            ),
+            1 => (
+                "OrderPlaced",
+                2,
+                json!({"order_id": order_id, "customer_id": customer, "total_cents": cents, "currency": "EUR", "shipping_address": address}),
+            ),
+            _ => (
+                "OrderPlaced",
+                3,
+                json!({"order_id": order_id, "customer_id": customer, "total_cents": cents, "currency": "EUR"}),
+            ),
         };
     }
     let sku = pick(rng, SKUS);
     let quantity = rng.gen_range(1..10u64);
     let unit = pick(rng, UNITS);
     match rng.gen_range(0..10) {
-        0..=2 => ("ItemAdded", 1, json!({"sku": sku, "quantity": quantity.to_string(), "price": decimal(cents % 5000), "unit": unit})),
-        3..=4 => ("LineItemAdded", 2, json!({"sku": sku, "quantity": quantity, "unit_price_cents": cents % 5000, "unit": unit})),
-        5 => ("LineItemAdded", 3, json!({"sku": sku, "quantity": quantity, "unit_price_cents": cents % 5000, "unit": "piece", "discount_cents": 0})),
-        6 => ("PaymentReceived", 1, json!({"order_id": order_id, "amount": decimal(cents), "method": if rng.gen_bool(0.5) { "CARD" } else { "Invoice" }})),
-        7 => ("PaymentReceived", 2, json!({"order_id": order_id, "amount_cents": cents, "method": "card"})),
-        8 => ("OrderShipped", 1, json!({"order_id": order_id, "tracking": format!("{}:{}", pick(rng, CARRIERS), cents), "shipped_at": START_UNIX + cents as i64})),
-        _ => ("OrderShipped", 2, json!({"order_id": order_id, "carrier": pick(rng, CARRIERS), "tracking_number": cents.to_string(), "shipped_at": "2024-01-02T00:00:00Z"})),
+        0..=2 => (
+            "ItemAdded",
+            1,
+            json!({"sku": sku, "quantity": quantity.to_string(), "price": decimal(cents % 5000), "unit": unit}),
+        ),
+        3..=4 => (
+            "LineItemAdded",
+            2,
+            json!({"sku": sku, "quantity": quantity, "unit_price_cents": cents % 5000, "unit": unit}),
+        ),
+        5 => (
+            "LineItemAdded",
+            3,
+            json!({"sku": sku, "quantity": quantity, "unit_price_cents": cents % 5000, "unit": "piece", "discount_cents": 0}),
+        ),
+        6 => (
+            "PaymentReceived",
+            1,
+            json!({"order_id": order_id, "amount": decimal(cents), "method": if rng.gen_bool(0.5) { "CARD" } else { "Invoice" }}),
+        ),
+        7 => (
+            "PaymentReceived",
+            2,
+            json!({"order_id": order_id, "amount_cents": cents, "method": "card"}),
+        ),
+        8 => (
+            "OrderShipped",
+            1,
+            json!({"order_id": order_id, "tracking": format!("{}:{}", pick(rng, CARRIERS), cents), "shipped_at": START_UNIX + cents as i64}),
+        ),
+        _ => (
+            "OrderShipped",
+            2,
+            json!({"order_id": order_id, "carrier": pick(rng, CARRIERS), "tracking_number": cents.to_string(), "shipped_at": "2024-01-02T00:00:00Z"}),
+        ),
     }
 }
 
@@ -142,7 +217,15 @@ mod tests {
 
     fn run(events: u64, streams: u64, seed: u64) -> Vec<u8> {
         let mut out = Vec::new();
-        generate(GenerateOptions { events, streams, seed }, &mut out).unwrap();
+        generate(
+            GenerateOptions {
+                events,
+                streams,
+                seed,
+            },
+            &mut out,
+        )
+        .unwrap();
         out
     }
 
@@ -167,6 +250,16 @@ mod tests {
         }
         assert_eq!(out.lines().count(), 500);
         assert!(old_versions > 100, "only {old_versions} old events");
-        assert!(matches!(generate(GenerateOptions { events: 1, streams: 0, seed: 0 }, &mut Vec::new()), Err(GenerateError::NoStreams)));
+        assert!(matches!(
+            generate(
+                GenerateOptions {
+                    events: 1,
+                    streams: 0,
+                    seed: 0
+                },
+                &mut Vec::new()
+            ),
+            Err(GenerateError::NoStreams)
+        ));
     }
 }

@@ -9,8 +9,8 @@
 //! twice writes nothing the second time. Input order is kept; revisions are assigned per
 //! stream by the target.
 
-use crate::event::{validate_stream_name, version_from_json, VersionSource};
 use crate::event::Payload;
+use crate::event::{validate_stream_name, version_from_json, VersionSource};
 use crate::store::{AppendRequest, EventSink, ExpectedRevision, NewEvent, StoreError};
 use crate::upcast::pointer::Pointer;
 use crate::upcast::RECAST_NAMESPACE;
@@ -33,7 +33,11 @@ pub enum ImportError {
     },
     /// A line that cannot be imported.
     #[error("{path}:{line}: {message}")]
-    BadLine { path: PathBuf, line: u64, message: String },
+    BadLine {
+        path: PathBuf,
+        line: u64,
+        message: String,
+    },
     /// The target failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -78,8 +82,15 @@ pub struct ImportReport {
 const BATCH: usize = 1000;
 
 /// Imports one NDJSON file into a sink.
-pub async fn import_file(path: &Path, mapping: &ImportMapping, sink: &mut dyn EventSink) -> Result<ImportReport, ImportError> {
-    let io = |source| ImportError::Io { path: path.to_path_buf(), source };
+pub async fn import_file(
+    path: &Path,
+    mapping: &ImportMapping,
+    sink: &mut dyn EventSink,
+) -> Result<ImportReport, ImportError> {
+    let io = |source| ImportError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let reader = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
     sink.restore(None).await?;
     let mut report = ImportReport::default();
@@ -91,14 +102,23 @@ pub async fn import_file(path: &Path, mapping: &ImportMapping, sink: &mut dyn Ev
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |message: String| ImportError::BadLine { path: path.to_path_buf(), line: line_number, message };
-        let object: Value = serde_json::from_str(&line).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let bad = |message: String| ImportError::BadLine {
+            path: path.to_path_buf(),
+            line: line_number,
+            message,
+        };
+        let object: Value =
+            serde_json::from_str(&line).map_err(|e| bad(format!("not JSON: {e}")))?;
         let (stream, event) = map_line(&object, mapping, path, line_number).map_err(bad)?;
         streams.insert(stream.clone());
         report.events += 1;
         match batch.last_mut().filter(|r| r.stream == stream) {
             Some(request) => request.events.push(event),
-            None => batch.push(AppendRequest { stream, expected: ExpectedRevision::Any, events: vec![event] }),
+            None => batch.push(AppendRequest {
+                stream,
+                expected: ExpectedRevision::Any,
+                events: vec![event],
+            }),
         }
         if batch.len() >= BATCH {
             flush(sink, &mut batch, &mut report).await?;
@@ -110,7 +130,11 @@ pub async fn import_file(path: &Path, mapping: &ImportMapping, sink: &mut dyn Ev
     Ok(report)
 }
 
-async fn flush(sink: &mut dyn EventSink, batch: &mut Vec<AppendRequest>, report: &mut ImportReport) -> Result<(), StoreError> {
+async fn flush(
+    sink: &mut dyn EventSink,
+    batch: &mut Vec<AppendRequest>,
+    report: &mut ImportReport,
+) -> Result<(), StoreError> {
     if batch.is_empty() {
         return Ok(());
     }
@@ -130,44 +154,96 @@ fn text_of(value: &Value) -> Option<String> {
 }
 
 /// Maps one input object to its stream and event; the error is a message for file:line.
-fn map_line(object: &Value, mapping: &ImportMapping, path: &Path, line: u64) -> Result<(String, NewEvent), String> {
-    let stream_value = mapping.stream.get(object).and_then(text_of).ok_or_else(|| format!("no string or number at stream pointer {}", mapping.stream))?;
+fn map_line(
+    object: &Value,
+    mapping: &ImportMapping,
+    path: &Path,
+    line: u64,
+) -> Result<(String, NewEvent), String> {
+    let stream_value = mapping
+        .stream
+        .get(object)
+        .and_then(text_of)
+        .ok_or_else(|| format!("no string or number at stream pointer {}", mapping.stream))?;
     let stream = mapping.stream_template.replace("{value}", &stream_value);
     validate_stream_name(&stream).map_err(|e| e.to_string())?;
     let raw_type = match mapping.event_type.get(object) {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        _ => return Err(format!("no event type (a non-empty string) at {}", mapping.event_type)),
+        _ => {
+            return Err(format!(
+                "no event type (a non-empty string) at {}",
+                mapping.event_type
+            ))
+        }
     };
     let metadata = match &mapping.metadata {
-        Some(pointer) => pointer.get(object).cloned().unwrap_or(Value::Object(Default::default())),
+        Some(pointer) => pointer
+            .get(object)
+            .cloned()
+            .unwrap_or(Value::Object(Default::default())),
         None => Value::Object(Default::default()),
     };
     let (event_type, version) = match &mapping.version {
         Some(pointer) => match pointer.get(object) {
             None | Some(Value::Null) => (raw_type, 1),
-            Some(value) => (raw_type, version_from_json(value).ok_or_else(|| format!("version {value} at {pointer} is not a positive integer"))?),
+            Some(value) => (
+                raw_type,
+                version_from_json(value).ok_or_else(|| {
+                    format!("version {value} at {pointer} is not a positive integer")
+                })?,
+            ),
         },
-        None => mapping.version_source.resolve(&raw_type, &metadata).ok_or_else(|| "the schema version is not a positive integer".to_string())?,
+        None => mapping
+            .version_source
+            .resolve(&raw_type, &metadata)
+            .ok_or_else(|| "the schema version is not a positive integer".to_string())?,
     };
-    let id = match mapping.id.as_ref().and_then(|p| p.get(object)).and_then(text_of) {
-        Some(text) => Uuid::parse_str(&text).unwrap_or_else(|_| Uuid::new_v5(&RECAST_NAMESPACE, text.as_bytes())),
-        None => Uuid::new_v5(&RECAST_NAMESPACE, format!("{}:{line}", path.display()).as_bytes()),
+    let id = match mapping
+        .id
+        .as_ref()
+        .and_then(|p| p.get(object))
+        .and_then(text_of)
+    {
+        Some(text) => Uuid::parse_str(&text)
+            .unwrap_or_else(|_| Uuid::new_v5(&RECAST_NAMESPACE, text.as_bytes())),
+        None => Uuid::new_v5(
+            &RECAST_NAMESPACE,
+            format!("{}:{line}", path.display()).as_bytes(),
+        ),
     };
     let recorded_at = match mapping.timestamp.as_ref().map(|p| (p, p.get(object))) {
         None | Some((_, None)) => None,
-        Some((pointer, Some(value))) => Some(timestamp(value).ok_or_else(|| format!("timestamp {value} at {pointer} is neither RFC 3339 nor unix seconds"))?),
+        Some((pointer, Some(value))) => Some(timestamp(value).ok_or_else(|| {
+            format!("timestamp {value} at {pointer} is neither RFC 3339 nor unix seconds")
+        })?),
     };
     let data = match &mapping.data {
-        Some(pointer) => pointer.get(object).cloned().ok_or_else(|| format!("no payload at {pointer}"))?,
+        Some(pointer) => pointer
+            .get(object)
+            .cloned()
+            .ok_or_else(|| format!("no payload at {pointer}"))?,
         None => object.clone(),
     };
-    Ok((stream, NewEvent { id, event_type, version, data: Payload::Parsed(data), metadata: Payload::Parsed(metadata), recorded_at }))
+    Ok((
+        stream,
+        NewEvent {
+            id,
+            event_type,
+            version,
+            data: Payload::Parsed(data),
+            metadata: Payload::Parsed(metadata),
+            recorded_at,
+        },
+    ))
 }
 
 fn timestamp(value: &Value) -> Option<String> {
     match value {
-        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s).ok().map(|_| s.clone()),
-        Value::Number(n) => chrono::DateTime::from_timestamp(n.as_i64()?, 0).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|_| s.clone()),
+        Value::Number(n) => chrono::DateTime::from_timestamp(n.as_i64()?, 0)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         _ => None,
     }
 }
@@ -203,11 +279,27 @@ mod tests {
 
     #[test]
     fn bad_lines_say_what_is_wrong() {
-        let no_stream = map_line(&json!({"type": "edit"}), &mapping(), Path::new("x"), 1).unwrap_err();
+        let no_stream =
+            map_line(&json!({"type": "edit"}), &mapping(), Path::new("x"), 1).unwrap_err();
         assert!(no_stream.contains("/title"), "{no_stream}");
-        let climbing = map_line(&json!({"title": "../../etc", "type": "edit"}), &ImportMapping { stream_template: "{value}".into(), ..mapping() }, Path::new("x"), 1).unwrap_err();
+        let climbing = map_line(
+            &json!({"title": "../../etc", "type": "edit"}),
+            &ImportMapping {
+                stream_template: "{value}".into(),
+                ..mapping()
+            },
+            Path::new("x"),
+            1,
+        )
+        .unwrap_err();
         assert!(climbing.contains(".."), "{climbing}");
-        let bad_time = map_line(&json!({"title": "a", "type": "edit", "ts": "yesterday"}), &mapping(), Path::new("x"), 1).unwrap_err();
+        let bad_time = map_line(
+            &json!({"title": "a", "type": "edit", "ts": "yesterday"}),
+            &mapping(),
+            Path::new("x"),
+            1,
+        )
+        .unwrap_err();
         assert!(bad_time.contains("timestamp"), "{bad_time}");
     }
 }

@@ -1,8 +1,8 @@
-pub mod event;
-pub mod store;
-pub mod upcast;
 pub mod checkpoint;
 pub mod error;
-pub mod migrate;
+pub mod event;
 pub mod generate;
 pub mod import;
+pub mod migrate;
+pub mod store;
+pub mod upcast;

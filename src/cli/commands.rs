@@ -69,27 +69,42 @@ struct Job {
     dead_letter: PathBuf,
 }
 
-fn location(flag: Option<&String>, configured: Option<&String>, name: &str) -> Result<Location, Failure> {
-    let text = flag.or(configured).ok_or_else(|| Failure::Usage(format!("no {name}: give --{name} or set it in recast.toml")))?;
+fn location(
+    flag: Option<&String>,
+    configured: Option<&String>,
+    name: &str,
+) -> Result<Location, Failure> {
+    let text = flag.or(configured).ok_or_else(|| {
+        Failure::Usage(format!("no {name}: give --{name} or set it in recast.toml"))
+    })?;
     Ok(Location::parse(text)?)
 }
 
 fn registry(flags: &UpcastFlags, config: &Config) -> Result<Registry, Failure> {
-    let dir = flags.upcasters.clone().unwrap_or_else(|| config.upcasters.dir.clone());
+    let dir = flags
+        .upcasters
+        .clone()
+        .unwrap_or_else(|| config.upcasters.dir.clone());
     Ok(Registry::load_dir(&dir)?)
 }
 
 fn job(flags: &JobFlags, config: &Config) -> Result<Job, Failure> {
     let source = location(flags.from.as_ref(), config.source.location.as_ref(), "from")?;
     let target = location(flags.to.as_ref(), config.target.location.as_ref(), "to")?;
-    let template = flags.template.clone().unwrap_or_else(|| config.target.stream_template.clone());
+    let template = flags
+        .template
+        .clone()
+        .unwrap_or_else(|| config.target.stream_template.clone());
     Ok(Job {
         source: open_source(&source)?,
         target,
         registry: registry(&flags.upcast, config)?,
         template: StreamTemplate::parse(&template)?,
         on_error: flags.on_error.unwrap_or(config.migrate.on_error),
-        dead_letter: flags.dead_letter.clone().unwrap_or_else(|| config.migrate.dead_letter.clone()),
+        dead_letter: flags
+            .dead_letter
+            .clone()
+            .unwrap_or_else(|| config.migrate.dead_letter.clone()),
     })
 }
 
@@ -121,11 +136,19 @@ pub async fn migrate(args: MigrateArgs, config: &Config, json: bool) -> Result<(
     run_migration(args, config, json, true).await
 }
 
-async fn run_migration(args: MigrateArgs, config: &Config, json: bool, print: bool) -> Result<(), Failure> {
+async fn run_migration(
+    args: MigrateArgs,
+    config: &Config,
+    json: bool,
+    print: bool,
+) -> Result<(), Failure> {
     let job = job(&args.job, config)?;
     let batch_size = args.batch_size.unwrap_or(config.migrate.batch_size);
     let migration = job.migration(batch_size);
-    let state = args.state.clone().unwrap_or_else(|| config.migrate.state.clone());
+    let state = args
+        .state
+        .clone()
+        .unwrap_or_else(|| config.migrate.state.clone());
     let checkpoints = CheckpointStore::open(&state)?;
     let mut real_sink;
     let mut dry_sink;
@@ -139,10 +162,17 @@ async fn run_migration(args: MigrateArgs, config: &Config, json: bool, print: bo
     if args.reset && !args.dry_run {
         checkpoints.remove(&migration.job_id(&sink.describe()))?;
     }
-    let writer = Writer { sink, checkpoints: Some(&checkpoints), dead_letter_path: Some(job.dead_letter.clone()), dry_run: args.dry_run };
+    let writer = Writer {
+        sink,
+        checkpoints: Some(&checkpoints),
+        dead_letter_path: Some(job.dead_letter.clone()),
+        dry_run: args.dry_run,
+    };
     let stop = stop_on_ctrl_c();
     let bar = progress::Progress::start("migrate", json);
-    let report = migration.run(writer, &stop, &|p| bar.update(p.events_read)).await;
+    let report = migration
+        .run(writer, &stop, &|p| bar.update(p.events_read))
+        .await;
     bar.finish();
     let report = report?;
     if print {
@@ -157,16 +187,29 @@ async fn run_migration(args: MigrateArgs, config: &Config, json: bool, print: bo
 pub async fn verify(args: VerifyArgs, config: &Config, json: bool) -> Result<(), Failure> {
     let job = job(&args.job, config)?;
     let target = open_source(&job.target)?;
-    let dead_letter = (job.on_error == ErrorPolicy::DeadLetter).then_some(job.dead_letter.as_path());
-    let report = recast::migrate::verify(&job.migration(config.migrate.batch_size), target.as_ref(), dead_letter).await?;
+    let dead_letter =
+        (job.on_error == ErrorPolicy::DeadLetter).then_some(job.dead_letter.as_path());
+    let report = recast::migrate::verify(
+        &job.migration(config.migrate.batch_size),
+        target.as_ref(),
+        dead_letter,
+    )
+    .await?;
     output::verification(&report, json);
-    if report.ok { Ok(()) } else { Err(Failure::Mismatch) }
+    if report.ok {
+        Ok(())
+    } else {
+        Err(Failure::Mismatch)
+    }
 }
 
 pub async fn plan(args: PlanArgs, config: &Config, json: bool) -> Result<(), Failure> {
     let source = location(args.from.as_ref(), config.source.location.as_ref(), "from")?;
     let registry = registry(&args.upcast, config)?;
-    let template = args.template.clone().unwrap_or_else(|| config.target.stream_template.clone());
+    let template = args
+        .template
+        .clone()
+        .unwrap_or_else(|| config.target.stream_template.clone());
     let source = open_source(&source)?;
     let migration = Migration {
         source: source.as_ref(),
@@ -176,28 +219,62 @@ pub async fn plan(args: PlanArgs, config: &Config, json: bool) -> Result<(), Fai
         batch_size: config.migrate.batch_size,
     };
     let mut dry = DrySink::new("(plan)");
-    let writer = Writer { sink: &mut dry, checkpoints: None, dead_letter_path: None, dry_run: true };
-    let report = migration.run(writer, &AtomicBool::new(false), &|_| {}).await?;
+    let writer = Writer {
+        sink: &mut dry,
+        checkpoints: None,
+        dead_letter_path: None,
+        dry_run: true,
+    };
+    let report = migration
+        .run(writer, &AtomicBool::new(false), &|_| {})
+        .await?;
     output::plan(&registry, &report, json);
     Ok(())
 }
 
 /// `recast run`: the demo pipeline on the embedded store, driven by `recast.toml`.
 pub async fn demo(args: RunArgs, config: &Config, json: bool) -> Result<(), Failure> {
-    let flags = JobFlags { from: None, to: None, upcast: UpcastFlags { upcasters: None }, template: None, on_error: None, dead_letter: None };
+    let flags = JobFlags {
+        from: None,
+        to: None,
+        upcast: UpcastFlags { upcasters: None },
+        template: None,
+        on_error: None,
+        dead_letter: None,
+    };
     if args.fresh {
         let target = location(None, config.target.location.as_ref(), "to")?;
-        for path in [target.path(), config.migrate.state.as_path(), config.migrate.dead_letter.as_path()] {
+        for path in [
+            target.path(),
+            config.migrate.state.as_path(),
+            config.migrate.dead_letter.as_path(),
+        ] {
             remove_path(path)?;
         }
     }
     // The verification report that follows carries the migration's counts; one report is enough.
-    run_migration(MigrateArgs { job: flags.clone(), state: None, batch_size: None, dry_run: false, reset: false }, config, json, false).await?;
+    run_migration(
+        MigrateArgs {
+            job: flags.clone(),
+            state: None,
+            batch_size: None,
+            dry_run: false,
+            reset: false,
+        },
+        config,
+        json,
+        false,
+    )
+    .await?;
     verify(VerifyArgs { job: flags }, config, json).await
 }
 
 fn remove_path(path: &std::path::Path) -> Result<(), Failure> {
-    let result = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
+    let result = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
     match result {
         Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err.into()),
         _ => Ok(()),

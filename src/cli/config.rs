@@ -49,7 +49,10 @@ pub struct TargetSection {
 
 impl Default for TargetSection {
     fn default() -> Self {
-        TargetSection { location: None, stream_template: "{stream}".into() }
+        TargetSection {
+            location: None,
+            stream_template: "{stream}".into(),
+        }
     }
 }
 
@@ -62,7 +65,9 @@ pub struct UpcasterSection {
 
 impl Default for UpcasterSection {
     fn default() -> Self {
-        UpcasterSection { dir: "upcasters".into() }
+        UpcasterSection {
+            dir: "upcasters".into(),
+        }
     }
 }
 
@@ -101,7 +106,7 @@ pub enum ConfigError {
         path: PathBuf,
         message: String,
         #[source]
-        source: toml::de::Error,
+        source: Box<toml::de::Error>,
     },
 }
 
@@ -113,11 +118,14 @@ impl Config {
             None if Path::new("recast.toml").exists() => PathBuf::from("recast.toml"),
             None => return Ok(Config::default()),
         };
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
         toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.clone(),
             message: source.to_string().trim_end().replace('\n', "\n  "),
-            source,
+            source: Box::new(source),
         })
     }
 }
@@ -130,7 +138,11 @@ mod tests {
     fn reads_sections_and_refuses_unknown_keys() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("recast.toml");
-        std::fs::write(&path, "[source]\nlocation = \"a.jsonl\"\n[migrate]\non_error = \"dead-letter\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "[source]\nlocation = \"a.jsonl\"\n[migrate]\non_error = \"dead-letter\"\n",
+        )
+        .unwrap();
         let config = Config::load(Some(&path)).unwrap();
         assert_eq!(config.source.location.as_deref(), Some("a.jsonl"));
         assert_eq!(config.migrate.on_error, ErrorPolicy::DeadLetter);

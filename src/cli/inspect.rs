@@ -108,7 +108,9 @@ pub async fn checksum(args: ChecksumArgs, json: bool) -> Result<(), Failure> {
     let source = open_source(&Location::parse(&args.location)?)?;
     let (digest, kinds) = digest_source(source.as_ref()).await?;
     if json {
-        output::json(&serde_json::json!({"location": source.describe(), "checksum": digest.checksum, "events": digest.events, "kinds": kinds}));
+        output::json(
+            &serde_json::json!({"location": source.describe(), "checksum": digest.checksum, "events": digest.events, "kinds": kinds}),
+        );
     } else {
         println!("{digest}");
     }
@@ -116,20 +118,33 @@ pub async fn checksum(args: ChecksumArgs, json: bool) -> Result<(), Failure> {
 }
 
 fn source_location(flag: Option<&String>, config: &Config) -> Result<Location, Failure> {
-    let text = flag.or(config.source.location.as_ref()).ok_or_else(|| Failure::Usage("no source: give --from or set [source] location in recast.toml".into()))?;
+    let text = flag.or(config.source.location.as_ref()).ok_or_else(|| {
+        Failure::Usage("no source: give --from or set [source] location in recast.toml".into())
+    })?;
     Ok(Location::parse(text)?)
 }
 
-fn optional_registry(upcast: bool, flags: &UpcastFlags, config: &Config) -> Result<Option<Registry>, Failure> {
+fn optional_registry(
+    upcast: bool,
+    flags: &UpcastFlags,
+    config: &Config,
+) -> Result<Option<Registry>, Failure> {
     if !upcast {
         return Ok(None);
     }
-    let dir = flags.upcasters.clone().unwrap_or_else(|| config.upcasters.dir.clone());
+    let dir = flags
+        .upcasters
+        .clone()
+        .unwrap_or_else(|| config.upcasters.dir.clone());
     Ok(Some(Registry::load_dir(&dir)?))
 }
 
 /// Writes events as JSONL; a reader that goes away (`recast cat ... | head`) is not an error.
-async fn write_events(events: EventStream<'_>, registry: Option<&Registry>, out: &mut dyn Write) -> Result<(), Failure> {
+async fn write_events(
+    events: EventStream<'_>,
+    registry: Option<&Registry>,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
     match write_all_events(events, registry, out).await {
         Err(Failure::Error(error)) if is_broken_pipe(error.as_ref()) => Ok(()),
         other => other,
@@ -137,10 +152,16 @@ async fn write_events(events: EventStream<'_>, registry: Option<&Registry>, out:
 }
 
 fn is_broken_pipe(error: &(dyn std::error::Error + 'static)) -> bool {
-    error.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
-async fn write_all_events(mut events: EventStream<'_>, registry: Option<&Registry>, out: &mut dyn Write) -> Result<(), Failure> {
+async fn write_all_events(
+    mut events: EventStream<'_>,
+    registry: Option<&Registry>,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
     while let Some(event) = events.try_next().await? {
         let outputs: Vec<Event> = match registry {
             Some(registry) => registry.upcast(event)?.events,
@@ -158,7 +179,12 @@ pub async fn cat(args: CatArgs, config: &Config) -> Result<(), Failure> {
     let source = open_source(&source_location(args.from.as_ref(), config)?)?;
     let registry = optional_registry(args.upcast, &args.upcasters, config)?;
     let stdout = std::io::stdout();
-    write_events(source.read_stream(&args.stream, 0), registry.as_ref(), &mut stdout.lock()).await
+    write_events(
+        source.read_stream(&args.stream, 0),
+        registry.as_ref(),
+        &mut stdout.lock(),
+    )
+    .await
 }
 
 pub async fn export(args: ExportArgs, config: &Config) -> Result<(), Failure> {
@@ -180,8 +206,12 @@ fn optional_pointer(text: Option<&String>) -> Result<Option<Pointer>, Failure> {
 }
 
 pub async fn import(args: ImportArgs, json: bool) -> Result<(), Failure> {
-    let version_source = VersionSource::parse(&args.version_from)
-        .ok_or_else(|| Failure::Usage(format!("--version-from {:?}: use envelope, metadata:KEY or type-suffix", args.version_from)))?;
+    let version_source = VersionSource::parse(&args.version_from).ok_or_else(|| {
+        Failure::Usage(format!(
+            "--version-from {:?}: use envelope, metadata:KEY or type-suffix",
+            args.version_from
+        ))
+    })?;
     let mapping = ImportMapping {
         stream: pointer(&args.stream)?,
         stream_template: args.stream_template.clone(),
@@ -200,14 +230,23 @@ pub async fn import(args: ImportArgs, json: bool) -> Result<(), Failure> {
     } else {
         println!(
             "imported {}: {} events in {} streams ({} written, {} already there) into {}",
-            args.file.display(), report.events, report.streams, report.written, report.duplicates, sink.describe()
+            args.file.display(),
+            report.events,
+            report.streams,
+            report.written,
+            report.duplicates,
+            sink.describe()
         );
     }
     Ok(())
 }
 
 pub fn generate(args: GenerateArgs) -> Result<(), Failure> {
-    let options = recast::generate::GenerateOptions { events: args.events, streams: args.streams, seed: args.seed };
+    let options = recast::generate::GenerateOptions {
+        events: args.events,
+        streams: args.streams,
+        seed: args.seed,
+    };
     if args.out.as_os_str() == "-" {
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::new(stdout.lock());

@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 
 /// Prints a value as pretty JSON on stdout.
 pub fn json<T: Serialize>(value: &T) {
-    println!("{}", serde_json::to_string_pretty(value).expect("reports serialize"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("reports serialize")
+    );
 }
 
 fn kinds_table(title: &str, kinds: &BTreeMap<String, u64>) {
@@ -25,15 +28,25 @@ pub fn migration(report: &MigrationReport, as_json: bool) {
     if as_json {
         return json(report);
     }
-    let what = if report.dry_run { "dry run (nothing written)" } else { "migrated" };
+    let what = if report.dry_run {
+        "dry run (nothing written)"
+    } else {
+        "migrated"
+    };
     println!("{what}: {} -> {}", report.source, report.target);
-    println!("  job {} with upcasters {}", report.job, report.upcaster_checksum);
+    println!(
+        "  job {} with upcasters {}",
+        report.job, report.upcaster_checksum
+    );
     if let Some(position) = report.resumed_after {
         println!("  resumed after source position {position}");
     }
     counts(report);
     if !report.completed {
-        println!("  not finished: stopped at source position {:?}", report.position);
+        println!(
+            "  not finished: stopped at source position {:?}",
+            report.position
+        );
     }
 }
 
@@ -65,8 +78,15 @@ pub fn verification(report: &VerifyReport, as_json: bool) {
     if as_json {
         return json(report);
     }
-    let verdict = if report.ok { "OK: every source event is accounted for and the target matches" } else { "MISMATCH" };
-    println!("verify {} -> {}: {verdict}", report.expected.source, report.expected.target);
+    let verdict = if report.ok {
+        "OK: every source event is accounted for and the target matches"
+    } else {
+        "MISMATCH"
+    };
+    println!(
+        "verify {} -> {}: {verdict}",
+        report.expected.source, report.expected.target
+    );
     counts(&report.expected);
     println!("  expected target  {}", report.expected_digest);
     println!("  actual target    {}", report.actual_digest);
@@ -100,16 +120,36 @@ pub fn plan(registry: &Registry, report: &MigrationReport, as_json: bool) {
             origin: u.origin().to_string(),
             input: u.input().to_string(),
             outputs: u.outputs().iter().map(ToString::to_string).collect(),
-            events: report.counts.upcasters.get(u.origin()).copied().unwrap_or(0),
+            events: report
+                .counts
+                .upcasters
+                .get(u.origin())
+                .copied()
+                .unwrap_or(0),
         })
         .collect();
     if as_json {
-        return json(&PlanJson { upcaster_checksum: registry.checksum(), upcasters, report });
+        return json(&PlanJson {
+            upcaster_checksum: registry.checksum(),
+            upcasters,
+            report,
+        });
     }
-    println!("chain check: OK, {} upcasters, set {}", upcasters.len(), registry.checksum());
+    println!(
+        "chain check: OK, {} upcasters, set {}",
+        upcasters.len(),
+        registry.checksum()
+    );
     for u in &upcasters {
-        let outputs = if u.outputs.is_empty() { "(dropped)".to_string() } else { u.outputs.join(", ") };
-        println!("  {:<40} {:<24} -> {:<40} {:>8} events", u.origin, u.input, outputs, u.events);
+        let outputs = if u.outputs.is_empty() {
+            "(dropped)".to_string()
+        } else {
+            u.outputs.join(", ")
+        };
+        println!(
+            "  {:<40} {:<24} -> {:<40} {:>8} events",
+            u.origin, u.input, outputs, u.events
+        );
     }
     println!("plan for {}:", report.source);
     counts(report);

@@ -20,14 +20,21 @@ impl Progress {
     pub fn start(label: &'static str, json: bool) -> Self {
         let bar = (!json && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new_spinner();
-            let style = ProgressStyle::with_template("{spinner} {prefix}: {human_pos} events ({per_sec}) {elapsed}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner());
+            let style = ProgressStyle::with_template(
+                "{spinner} {prefix}: {human_pos} events ({per_sec}) {elapsed}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_spinner());
             bar.set_style(style);
             bar.set_prefix(label);
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
-        Progress { label, bar, started: Instant::now(), last_line: Mutex::new(Instant::now()) }
+        Progress {
+            label,
+            bar,
+            started: Instant::now(),
+            last_line: Mutex::new(Instant::now()),
+        }
     }
 
     /// Events processed so far by this run.
@@ -36,11 +43,17 @@ impl Progress {
             bar.set_position(events);
             return;
         }
-        let Ok(mut last) = self.last_line.lock() else { return };
+        let Ok(mut last) = self.last_line.lock() else {
+            return;
+        };
         if last.elapsed() >= LOG_EVERY {
             *last = Instant::now();
             let seconds = self.started.elapsed().as_secs_f64().max(1e-9);
-            eprintln!("{}: {events} events, {:.0} events/s", self.label, events as f64 / seconds);
+            eprintln!(
+                "{}: {events} events, {:.0} events/s",
+                self.label,
+                events as f64 / seconds
+            );
         }
     }
 

@@ -20,7 +20,11 @@ pub enum DeadLetterError {
     },
     /// The file is shorter than the checkpoint says.
     #[error("dead-letter file {path} has {length} bytes but the checkpoint covers {expected}: it was changed outside recast")]
-    Shorter { path: PathBuf, length: u64, expected: u64 },
+    Shorter {
+        path: PathBuf,
+        length: u64,
+        expected: u64,
+    },
 }
 
 #[derive(Serialize)]
@@ -40,19 +44,35 @@ pub struct DeadLetterFile {
 impl DeadLetterFile {
     /// Opens the file and cuts it to `bytes` (0 for a new job).
     pub fn open(path: &Path, bytes: u64) -> Result<Self, DeadLetterError> {
-        let io = |source| DeadLetterError::Io { path: path.to_path_buf(), source };
+        let io = |source| DeadLetterError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
-        let file = OpenOptions::new().write(true).create(true).truncate(false).open(path).map_err(io)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io)?;
         let length = file.metadata().map_err(io)?.len();
         if length < bytes {
-            return Err(DeadLetterError::Shorter { path: path.to_path_buf(), length, expected: bytes });
+            return Err(DeadLetterError::Shorter {
+                path: path.to_path_buf(),
+                length,
+                expected: bytes,
+            });
         }
         file.set_len(bytes).map_err(io)?;
         let mut file = BufWriter::new(file);
         file.seek(SeekFrom::Start(bytes)).map_err(io)?;
-        Ok(DeadLetterFile { path: path.to_path_buf(), file, bytes })
+        Ok(DeadLetterFile {
+            path: path.to_path_buf(),
+            file,
+            bytes,
+        })
     }
 
     /// The file's path.
@@ -61,19 +81,35 @@ impl DeadLetterFile {
     }
 
     /// Appends one failed event.
-    pub fn write(&mut self, event: &Event, upcaster: Option<&str>, error: &str) -> Result<(), DeadLetterError> {
-        let mut line = serde_json::to_string(&DeadLetter { event, upcaster, error }).expect("dead letters serialize");
+    pub fn write(
+        &mut self,
+        event: &Event,
+        upcaster: Option<&str>,
+        error: &str,
+    ) -> Result<(), DeadLetterError> {
+        let mut line = serde_json::to_string(&DeadLetter {
+            event,
+            upcaster,
+            error,
+        })
+        .expect("dead letters serialize");
         line.push('\n');
         self.file
             .write_all(line.as_bytes())
-            .map_err(|source| DeadLetterError::Io { path: self.path.clone(), source })?;
+            .map_err(|source| DeadLetterError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
         self.bytes += line.len() as u64;
         Ok(())
     }
 
     /// Flushes to disk and returns the length a checkpoint records.
     pub fn commit(&mut self) -> Result<u64, DeadLetterError> {
-        let io = |source| DeadLetterError::Io { path: self.path.clone(), source };
+        let io = |source| DeadLetterError::Io {
+            path: self.path.clone(),
+            source,
+        };
         self.file.flush().map_err(io)?;
         self.file.get_ref().sync_data().map_err(io)?;
         Ok(self.bytes)
@@ -85,7 +121,10 @@ pub fn count_dead_letters(path: &Path) -> Result<u64, DeadLetterError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(text.lines().filter(|l| !l.trim().is_empty()).count() as u64),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(source) => Err(DeadLetterError::Io { path: path.to_path_buf(), source }),
+        Err(source) => Err(DeadLetterError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -106,6 +145,8 @@ mod tests {
         assert_eq!(count_dead_letters(&path).unwrap(), 2);
         drop(DeadLetterFile::open(&path, mark).unwrap());
         assert_eq!(count_dead_letters(&path).unwrap(), 1);
-        assert!(std::fs::read_to_string(&path).unwrap().contains(r#""upcaster":"u.toml","error":"boom""#));
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .contains(r#""upcaster":"u.toml","error":"boom""#));
     }
 }

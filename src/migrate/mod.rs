@@ -33,7 +33,9 @@ pub use verify::{verify, VerifyReport};
 
 use crate::checkpoint::{CheckpointError, CheckpointStore, JobId};
 use crate::event::Event;
-use crate::store::{AppendRequest, EventSink, EventSource, ExpectedRevision, NewEvent, SinkMark, StoreError};
+use crate::store::{
+    AppendRequest, EventSink, EventSource, ExpectedRevision, NewEvent, SinkMark, StoreError,
+};
 use crate::upcast::{derived_event_id, Registry, UpcastError};
 use dead_letter::{DeadLetterError, DeadLetterFile};
 use futures::TryStreamExt;
@@ -63,9 +65,15 @@ pub enum MigrateError {
     DeadLetter(#[from] DeadLetterError),
     /// The upcaster set changed since the job's checkpoint.
     #[error("job {job} was checkpointed with upcaster set {was}, but the upcasters are now {now}; finish it with the old set, or start again into an empty target with --reset")]
-    UpcastersChanged { job: String, was: String, now: String },
+    UpcastersChanged {
+        job: String,
+        was: String,
+        now: String,
+    },
     /// Source and target are the same store.
-    #[error("source and target are the same store ({location}); recast never writes into its source")]
+    #[error(
+        "source and target are the same store ({location}); recast never writes into its source"
+    )]
     SameLocation { location: String },
 }
 
@@ -142,11 +150,19 @@ type Pending = Vec<(String, NewEvent)>;
 impl Migration<'_> {
     /// The checkpoint key of this job writing to `target`.
     pub fn job_id(&self, target: &str) -> JobId {
-        JobId::new("migrate", &[&self.source.describe(), target, &self.template.to_string()])
+        JobId::new(
+            "migrate",
+            &[&self.source.describe(), target, &self.template.to_string()],
+        )
     }
 
     /// Runs the job; an upcaster failure under `stop` (or any store failure) is an error.
-    pub async fn run(&self, writer: Writer<'_>, stop: &AtomicBool, progress: &(dyn Fn(Progress) + Sync)) -> Result<MigrationReport, MigrateError> {
+    pub async fn run(
+        &self,
+        writer: Writer<'_>,
+        stop: &AtomicBool,
+        progress: &(dyn Fn(Progress) + Sync),
+    ) -> Result<MigrationReport, MigrateError> {
         let (report, failure) = self.run_collect(writer, stop, progress).await?;
         match failure {
             Some(err) => Err(err),
@@ -190,8 +206,19 @@ impl Migration<'_> {
             errors: Vec::new(),
         });
         let resumed_after = state.position;
-        let mut run = Run { migration: self, job: &job, writer, dead_letters: None, heads: HashMap::new(), resumed };
-        let failure = if state.completed { None } else { run.execute(&mut state, stop, progress).await? };
+        let mut run = Run {
+            migration: self,
+            job: &job,
+            writer,
+            dead_letters: None,
+            heads: HashMap::new(),
+            resumed,
+        };
+        let failure = if state.completed {
+            None
+        } else {
+            run.execute(&mut state, stop, progress).await?
+        };
         let report = MigrationReport {
             job: job.to_string(),
             source: self.source.describe(),
@@ -251,7 +278,10 @@ impl Run<'_, '_> {
             state.position = batch_position;
             state.completed = exhausted && failure.is_none();
             self.save(state).await?;
-            progress(Progress { events_read: read, position: state.position });
+            progress(Progress {
+                events_read: read,
+                position: state.position,
+            });
             if failure.is_some() || exhausted || stop.load(Ordering::SeqCst) {
                 return Ok(failure);
             }
@@ -293,13 +323,19 @@ impl Run<'_, '_> {
     }
 
     /// Upcasts one source event into `pending`, or applies the error policy.
-    fn process(&mut self, event: Event, state: &mut MigrationCheckpoint, pending: &mut Pending) -> Result<(), MigrateError> {
+    fn process(
+        &mut self,
+        event: Event,
+        state: &mut MigrationCheckpoint,
+        pending: &mut Pending,
+    ) -> Result<(), MigrateError> {
         let migration = self.migration;
         let registry = migration.registry;
         let touched = registry.find(&event.event_type, event.version).is_some();
         let kind = format!("{} v{}", event.event_type, event.version);
         let source_id = event.id;
-        let kept = (touched && migration.on_error == ErrorPolicy::DeadLetter).then(|| event.clone());
+        let kept =
+            (touched && migration.on_error == ErrorPolicy::DeadLetter).then(|| event.clone());
         let counts = &mut state.counts;
         match registry.upcast(event) {
             Ok(upcasted) => {
@@ -322,15 +358,21 @@ impl Run<'_, '_> {
                 }
                 for (index, (stream, output)) in outputs.into_iter().enumerate() {
                     counts.target_events += 1;
-                    *counts.target_kinds.entry(format!("{} v{}", output.event_type, output.version)).or_default() += 1;
-                    pending.push((stream, NewEvent {
-                        id: derived_event_id(source_id, index),
-                        event_type: output.event_type,
-                        version: output.version,
-                        data: output.data,
-                        metadata: output.metadata,
-                        recorded_at: output.recorded_at,
-                    }));
+                    *counts
+                        .target_kinds
+                        .entry(format!("{} v{}", output.event_type, output.version))
+                        .or_default() += 1;
+                    pending.push((
+                        stream,
+                        NewEvent {
+                            id: derived_event_id(source_id, index),
+                            event_type: output.event_type,
+                            version: output.version,
+                            data: output.data,
+                            metadata: output.metadata,
+                            recorded_at: output.recorded_at,
+                        },
+                    ));
                 }
                 Ok(())
             }
@@ -341,7 +383,8 @@ impl Run<'_, '_> {
                 *counts.source_kinds.entry(kind).or_default() += 1;
                 if let (Some(file), Some(event)) = (&mut self.dead_letters, &kept) {
                     let upcaster = match &err {
-                        UpcastError::Failed { upcaster, .. } | UpcastError::Undeclared { upcaster, .. } => Some(upcaster.as_str()),
+                        UpcastError::Failed { upcaster, .. }
+                        | UpcastError::Undeclared { upcaster, .. } => Some(upcaster.as_str()),
                         _ => None,
                     };
                     file.write(event, upcaster, &message)?;
@@ -378,7 +421,11 @@ impl Run<'_, '_> {
                 (None, false) => ExpectedRevision::NoStream,
             };
             in_batch.insert(stream.clone());
-            requests.push(AppendRequest { stream, expected, events: vec![event] });
+            requests.push(AppendRequest {
+                stream,
+                expected,
+                events: vec![event],
+            });
         }
         let streams: Vec<String> = requests.iter().map(|r| r.stream.clone()).collect();
         let outcomes = self.writer.sink.append_batch(requests).await?;

@@ -77,7 +77,14 @@ mod tests {
 
     #[test]
     fn accounted_needs_every_event_in_one_outcome() {
-        let mut counts = MigrationCounts { source_events: 5, unchanged: 1, upcast: 1, split: 1, dropped: 1, ..Default::default() };
+        let mut counts = MigrationCounts {
+            source_events: 5,
+            unchanged: 1,
+            upcast: 1,
+            split: 1,
+            dropped: 1,
+            ..Default::default()
+        };
         assert!(!counts.accounted());
         counts.dead_lettered = 1;
         assert!(counts.accounted());

@@ -31,7 +31,9 @@ pub enum TemplateError {
         pointer: String,
     },
     /// A rendered name that is not a valid stream name.
-    #[error("stream template {template:?} gives a bad name for event {event_id} of stream {stream}")]
+    #[error(
+        "stream template {template:?} gives a bad name for event {event_id} of stream {stream}"
+    )]
     BadName {
         template: String,
         event_id: uuid::Uuid,
@@ -100,7 +102,10 @@ impl StreamTemplate {
             if open > 0 {
                 parts.push(Part::Literal(rest[..open].to_string()));
             }
-            let close = rest[open..].find('}').ok_or_else(|| syntax("'{' without '}'"))? + open;
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| syntax("'{' without '}'"))?
+                + open;
             let name = &rest[open + 1..close];
             parts.push(match name {
                 "stream" => Part::Stream,
@@ -123,7 +128,10 @@ impl StreamTemplate {
         if parts.is_empty() {
             return Err(syntax("it is empty"));
         }
-        Ok(StreamTemplate { text: text.to_string(), parts })
+        Ok(StreamTemplate {
+            text: text.to_string(),
+            parts,
+        })
     }
 
     /// True when the template is `{stream}`: target names equal source names.
@@ -142,11 +150,14 @@ impl StreamTemplate {
                 Part::Id => name.push_str(stream_id(&event.stream)),
                 Part::Field(pointer) => {
                     let (id, stream) = (event.id, event.stream.clone());
-                    let data = event.data.parsed().map_err(|source| TemplateError::Payload {
-                        template: self.text.clone(),
-                        event_id: id,
-                        source,
-                    })?;
+                    let data = event
+                        .data
+                        .parsed()
+                        .map_err(|source| TemplateError::Payload {
+                            template: self.text.clone(),
+                            event_id: id,
+                            source,
+                        })?;
                     match pointer.get(data) {
                         Some(Value::String(s)) => name.push_str(s),
                         Some(Value::Number(n)) => name.push_str(&n.to_string()),
@@ -199,9 +210,15 @@ mod tests {
         assert!(StreamTemplate::parse("{stream").is_err());
         assert!(StreamTemplate::parse("a}b").is_err());
         let mut e = event("order-1", r#"{"dir":"../../etc"}"#);
-        let err = StreamTemplate::parse("{/dir}").unwrap().render(&mut e).unwrap_err();
+        let err = StreamTemplate::parse("{/dir}")
+            .unwrap()
+            .render(&mut e)
+            .unwrap_err();
         assert!(matches!(err, TemplateError::BadName { .. }), "{err}");
-        let missing = StreamTemplate::parse("{/nope}").unwrap().render(&mut e).unwrap_err();
+        let missing = StreamTemplate::parse("{/nope}")
+            .unwrap()
+            .render(&mut e)
+            .unwrap_err();
         assert!(matches!(missing, TemplateError::Field { .. }));
     }
 }

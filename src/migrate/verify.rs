@@ -35,10 +35,21 @@ pub struct VerifyReport {
 }
 
 /// Verifies a migration against its target.
-pub async fn verify(migration: &Migration<'_>, target: &dyn EventSource, dead_letter_path: Option<&Path>) -> Result<VerifyReport, super::MigrateError> {
+pub async fn verify(
+    migration: &Migration<'_>,
+    target: &dyn EventSource,
+    dead_letter_path: Option<&Path>,
+) -> Result<VerifyReport, super::MigrateError> {
     let mut dry = DrySink::new(target.describe());
-    let writer = Writer { sink: &mut dry, checkpoints: None, dead_letter_path: None, dry_run: true };
-    let (expected, failure) = migration.run_collect(writer, &AtomicBool::new(false), &|_| {}).await?;
+    let writer = Writer {
+        sink: &mut dry,
+        checkpoints: None,
+        dead_letter_path: None,
+        dry_run: true,
+    };
+    let (expected, failure) = migration
+        .run_collect(writer, &AtomicBool::new(false), &|_| {})
+        .await?;
     let expected_digest = dry.digest();
     let (actual_digest, actual_kinds) = digest_source(target).await?;
     let dead_letters_found = match dead_letter_path {
@@ -47,18 +58,31 @@ pub async fn verify(migration: &Migration<'_>, target: &dyn EventSource, dead_le
     };
     let mut problems = Vec::new();
     if let Some(failure) = failure {
-        problems.push(format!("the migration cannot pass every source event: {}", crate::error::chain(&failure)));
+        problems.push(format!(
+            "the migration cannot pass every source event: {}",
+            crate::error::chain(&failure)
+        ));
     }
     if !expected.counts.accounted() {
         problems.push("source events are not all accounted for".to_string());
     }
     if expected_digest.events != actual_digest.events {
-        problems.push(format!("target holds {} events, expected {}", actual_digest.events, expected_digest.events));
+        problems.push(format!(
+            "target holds {} events, expected {}",
+            actual_digest.events, expected_digest.events
+        ));
     }
     if expected_digest.checksum != actual_digest.checksum {
-        problems.push(format!("target checksum {} differs from expected {}", actual_digest.checksum, expected_digest.checksum));
+        problems.push(format!(
+            "target checksum {} differs from expected {}",
+            actual_digest.checksum, expected_digest.checksum
+        ));
     }
-    let kinds = expected.counts.target_kinds.keys().chain(actual_kinds.keys());
+    let kinds = expected
+        .counts
+        .target_kinds
+        .keys()
+        .chain(actual_kinds.keys());
     for kind in kinds.collect::<std::collections::BTreeSet<_>>() {
         let want = expected.counts.target_kinds.get(kind).copied().unwrap_or(0);
         let have = actual_kinds.get(kind).copied().unwrap_or(0);

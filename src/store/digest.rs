@@ -70,13 +70,17 @@ impl LogDigest {
 }
 
 /// Reads a whole source and digests it, counting events per `Type vN` on the way.
-pub async fn digest_source(source: &dyn EventSource) -> Result<(DigestSummary, BTreeMap<String, u64>), StoreError> {
+pub async fn digest_source(
+    source: &dyn EventSource,
+) -> Result<(DigestSummary, BTreeMap<String, u64>), StoreError> {
     let name = source.describe();
     let mut digest = LogDigest::default();
     let mut kinds = BTreeMap::new();
     let mut events = source.read_all(None);
     while let Some(event) = events.try_next().await? {
-        *kinds.entry(format!("{} v{}", event.event_type, event.version)).or_default() += 1;
+        *kinds
+            .entry(format!("{} v{}", event.event_type, event.version))
+            .or_default() += 1;
         digest.add(&event).map_err(|source| StoreError::Corrupt {
             path: name.clone().into(),
             position: event.position.unwrap_or_default(),

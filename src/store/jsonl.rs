@@ -97,7 +97,9 @@ pub fn parse_event_line(path: &Path, line: u64, text: &str) -> Result<Event, Sto
 /// A JSON error on a line of a file, with the column instead of serde's "line 1".
 pub fn bad_json(path: &Path, line: u64, err: serde_json::Error) -> StoreError {
     let text = err.to_string();
-    let message = text.rsplit_once(" at line ").map_or(text.as_str(), |(m, _)| m);
+    let message = text
+        .rsplit_once(" at line ")
+        .map_or(text.as_str(), |(m, _)| m);
     StoreError::BadLine {
         path: path.to_path_buf(),
         line,
@@ -385,8 +387,8 @@ impl JsonlSink {
     }
 
     fn rescan_heads(&mut self, bytes: u64) -> Result<u64, StoreError> {
-        let mut reader = BufReader::new(File::open(&self.path).map_err(io_error(&self.path))?)
-            .take(bytes);
+        let mut reader =
+            BufReader::new(File::open(&self.path).map_err(io_error(&self.path))?).take(bytes);
         let mut line = String::new();
         let mut count = 0;
         let mut line_number = 0;
@@ -449,7 +451,10 @@ impl EventSink for JsonlSink {
         format!("jsonl:{}", self.path.display())
     }
 
-    fn stream_state<'a>(&'a mut self, stream: &'a str) -> BoxFuture<'a, Result<StreamState, StoreError>> {
+    fn stream_state<'a>(
+        &'a mut self,
+        stream: &'a str,
+    ) -> BoxFuture<'a, Result<StreamState, StoreError>> {
         let state = self
             .heads
             .get(stream)
@@ -467,13 +472,19 @@ impl EventSink for JsonlSink {
     fn commit(&mut self) -> BoxFuture<'_, Result<SinkMark, StoreError>> {
         async move {
             self.file.flush().map_err(io_error(&self.path))?;
-            self.file.get_ref().sync_data().map_err(io_error(&self.path))?;
+            self.file
+                .get_ref()
+                .sync_data()
+                .map_err(io_error(&self.path))?;
             Ok(serde_json::json!({"bytes": self.bytes, "events": self.next_position}))
         }
         .boxed()
     }
 
-    fn restore<'a>(&'a mut self, mark: Option<&'a SinkMark>) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn restore<'a>(
+        &'a mut self,
+        mark: Option<&'a SinkMark>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
             let length = self.file.get_ref().metadata().map_err(io_error(&self.path))?.len();
             let Some(mark) = mark else {
@@ -536,8 +547,14 @@ mod tests {
     fn folder_without_positions_reads_in_file_name_order() {
         let dir = tempfile::tempdir().unwrap();
         write(&dir.path().join("b.jsonl"), &[line("s", 1, None, 2)]);
-        write(&dir.path().join("a.jsonl"), &[line("s", 0, None, 1), String::new()]);
-        let events: Vec<_> = LogReader::open(dir.path()).unwrap().map(Result::unwrap).collect();
+        write(
+            &dir.path().join("a.jsonl"),
+            &[line("s", 0, None, 1), String::new()],
+        );
+        let events: Vec<_> = LogReader::open(dir.path())
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
         let order: Vec<_> = events.iter().map(|e| (e.revision, e.position)).collect();
         assert_eq!(order, vec![(0, Some(0)), (1, Some(1))]);
     }
@@ -545,8 +562,14 @@ mod tests {
     #[test]
     fn folder_with_positions_merges_by_position() {
         let dir = tempfile::tempdir().unwrap();
-        write(&dir.path().join("a.jsonl"), &[line("a", 0, Some(1), 1), line("a", 1, Some(4), 4)]);
-        write(&dir.path().join("b.jsonl"), &[line("b", 0, Some(2), 2), line("b", 1, Some(3), 3)]);
+        write(
+            &dir.path().join("a.jsonl"),
+            &[line("a", 0, Some(1), 1), line("a", 1, Some(4), 4)],
+        );
+        write(
+            &dir.path().join("b.jsonl"),
+            &[line("b", 0, Some(2), 2), line("b", 1, Some(3), 3)],
+        );
         let positions: Vec<_> = LogReader::open(dir.path())
             .unwrap()
             .map(|e| e.unwrap().position.unwrap())
@@ -560,10 +583,17 @@ mod tests {
         let path = dir.path().join("x.jsonl");
         write(&path, &[line("s", 0, None, 1), line("s", 1, Some(7), 2)]);
         let err = LogReader::open(&path).unwrap().nth(1).unwrap().unwrap_err();
-        assert!(err.to_string().starts_with(&format!("{}:2: this event carries", path.display())), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}:2: this event carries", path.display())),
+            "{err}"
+        );
         write(&path, &[line("s", 0, None, 1), "{not json".into()]);
         let err = LogReader::open(&path).unwrap().nth(1).unwrap().unwrap_err();
-        assert!(err.to_string().contains("x.jsonl:2: key must be a string"), "{err}");
+        assert!(
+            err.to_string().contains("x.jsonl:2: key must be a string"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -577,19 +607,33 @@ mod tests {
             expected,
             events: vec![new_event(n)],
         };
-        sink.append_batch(vec![request(1, ExpectedRevision::NoStream)]).await.unwrap();
+        sink.append_batch(vec![request(1, ExpectedRevision::NoStream)])
+            .await
+            .unwrap();
         let mark = sink.commit().await.unwrap();
-        sink.append_batch(vec![request(2, ExpectedRevision::Exact(0))]).await.unwrap();
+        sink.append_batch(vec![request(2, ExpectedRevision::Exact(0))])
+            .await
+            .unwrap();
         sink.commit().await.unwrap();
         drop(sink);
 
         let mut sink = JsonlSink::open(&path).unwrap();
-        assert!(matches!(sink.restore(None).await, Err(StoreError::TargetNotEmpty { .. })));
+        assert!(matches!(
+            sink.restore(None).await,
+            Err(StoreError::TargetNotEmpty { .. })
+        ));
         sink.restore(Some(&mark)).await.unwrap();
         assert_eq!(sink.stream_state("s-1").await.unwrap(), StreamState::At(0));
-        let wrong = sink.append_batch(vec![request(2, ExpectedRevision::NoStream)]).await;
-        assert!(matches!(wrong, Err(StoreError::WrongExpectedRevision { .. })));
-        sink.append_batch(vec![request(2, ExpectedRevision::Exact(0))]).await.unwrap();
+        let wrong = sink
+            .append_batch(vec![request(2, ExpectedRevision::NoStream)])
+            .await;
+        assert!(matches!(
+            wrong,
+            Err(StoreError::WrongExpectedRevision { .. })
+        ));
+        sink.append_batch(vec![request(2, ExpectedRevision::Exact(0))])
+            .await
+            .unwrap();
         sink.commit().await.unwrap();
 
         let source = JsonlSource::open(&path).unwrap();

@@ -236,7 +236,10 @@ pub trait EventSink: Send {
     /// The location, for messages and job ids.
     fn describe(&self) -> String;
     /// The state of a stream.
-    fn stream_state<'a>(&'a mut self, stream: &'a str) -> BoxFuture<'a, Result<StreamState, StoreError>>;
+    fn stream_state<'a>(
+        &'a mut self,
+        stream: &'a str,
+    ) -> BoxFuture<'a, Result<StreamState, StoreError>>;
     /// Appends a batch of requests, in order; all or nothing where the store allows it.
     fn append_batch(
         &mut self,
@@ -246,7 +249,10 @@ pub trait EventSink: Send {
     fn commit(&mut self) -> BoxFuture<'_, Result<SinkMark, StoreError>>;
     /// Prepares the sink for a job: `Some(mark)` when resuming from a checkpoint, `None` when
     /// starting, in which case a sink that already holds events refuses.
-    fn restore<'a>(&'a mut self, mark: Option<&'a SinkMark>) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn restore<'a>(
+        &'a mut self,
+        mark: Option<&'a SinkMark>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
 /// A store location.

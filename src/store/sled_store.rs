@@ -104,7 +104,10 @@ impl SledStore {
 
     /// The number of events in the store (its next log position).
     pub fn len(&self) -> Result<u64, StoreError> {
-        let next = self.meta.get(NEXT_POSITION).map_err(|e| self.sled_error(e))?;
+        let next = self
+            .meta
+            .get(NEXT_POSITION)
+            .map_err(|e| self.sled_error(e))?;
         Ok(next.map_or(0, |bytes| read_u64(&bytes)))
     }
 
@@ -127,11 +130,19 @@ impl SledStore {
             let mut state = heads
                 .get(request.stream.as_bytes())?
                 .map_or(StreamState::NoStream, |b| StreamState::At(read_u64(&b)));
-            let mut outcome = AppendOutcome { last_revision: 0, written: 0, duplicates: 0 };
+            let mut outcome = AppendOutcome {
+                last_revision: 0,
+                written: 0,
+                duplicates: 0,
+            };
             for (index, new_event) in request.events.iter().enumerate() {
-                if let Some(existing) = self.existing_duplicate(events, ids, &request.stream, new_event)? {
+                if let Some(existing) =
+                    self.existing_duplicate(events, ids, &request.stream, new_event)?
+                {
                     if index == 0 {
-                        state = existing.checked_sub(1).map_or(StreamState::NoStream, StreamState::At);
+                        state = existing
+                            .checked_sub(1)
+                            .map_or(StreamState::NoStream, StreamState::At);
                         check_expected(request, state)?;
                     }
                     outcome.duplicates += 1;
@@ -144,7 +155,9 @@ impl SledStore {
                 let revision = heads
                     .get(request.stream.as_bytes())?
                     .map_or(0, |b| read_u64(&b) + 1);
-                let event = new_event.clone().into_event(&request.stream, revision, next_position);
+                let event = new_event
+                    .clone()
+                    .into_event(&request.stream, revision, next_position);
                 let position_bytes = next_position.to_be_bytes();
                 events.insert(&position_bytes, event.to_json_line().as_bytes())?;
                 streams.insert(stream_key(&request.stream, revision), &position_bytes)?;
@@ -184,11 +197,13 @@ impl SledStore {
         if same {
             Ok(Some(stored.revision))
         } else {
-            Err(ConflictableTransactionError::Abort(StoreError::IdConflict {
-                id: new_event.id,
-                existing_stream: stored.stream,
-                existing_revision: stored.revision,
-            }))
+            Err(ConflictableTransactionError::Abort(
+                StoreError::IdConflict {
+                    id: new_event.id,
+                    existing_stream: stored.stream,
+                    existing_revision: stored.revision,
+                },
+            ))
         }
     }
 }
@@ -197,11 +212,13 @@ fn check_expected(request: &AppendRequest, state: StreamState) -> TxResult<()> {
     if state.satisfies(request.expected) {
         Ok(())
     } else {
-        Err(ConflictableTransactionError::Abort(StoreError::WrongExpectedRevision {
-            stream: request.stream.clone(),
-            expected: request.expected,
-            actual: state,
-        }))
+        Err(ConflictableTransactionError::Abort(
+            StoreError::WrongExpectedRevision {
+                stream: request.stream.clone(),
+                expected: request.expected,
+                actual: state,
+            },
+        ))
     }
 }
 
@@ -215,9 +232,14 @@ fn same_json(a: &crate::event::Payload, b: &crate::event::Payload) -> bool {
 fn open_error(path: &Path, source: sled::Error) -> StoreError {
     match &source {
         sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-            StoreError::Locked { path: path.to_path_buf() }
+            StoreError::Locked {
+                path: path.to_path_buf(),
+            }
         }
-        _ => StoreError::Sled { path: path.to_path_buf(), source },
+        _ => StoreError::Sled {
+            path: path.to_path_buf(),
+            source,
+        },
     }
 }
 
@@ -228,7 +250,11 @@ impl EventSource for SledStore {
 
     fn read_all(&self, after: Option<u64>) -> EventStream<'_> {
         let start = after.map_or(0, |p| p.saturating_add(1));
-        let range = if after == Some(u64::MAX) { None } else { Some(self.events.range(start.to_be_bytes()..)) };
+        let range = if after == Some(u64::MAX) {
+            None
+        } else {
+            Some(self.events.range(start.to_be_bytes()..))
+        };
         Box::pin(async_stream::try_stream! {
             for item in range.into_iter().flatten() {
                 let (key, value) = item.map_err(|e| self.sled_error(e))?;
@@ -270,9 +296,15 @@ impl EventSink for SledStore {
         format!("sled:{}", self.path.display())
     }
 
-    fn stream_state<'a>(&'a mut self, stream: &'a str) -> BoxFuture<'a, Result<StreamState, StoreError>> {
+    fn stream_state<'a>(
+        &'a mut self,
+        stream: &'a str,
+    ) -> BoxFuture<'a, Result<StreamState, StoreError>> {
         async move {
-            let head = self.heads.get(stream.as_bytes()).map_err(|e| self.sled_error(e))?;
+            let head = self
+                .heads
+                .get(stream.as_bytes())
+                .map_err(|e| self.sled_error(e))?;
             Ok(head.map_or(StreamState::NoStream, |b| StreamState::At(read_u64(&b))))
         }
         .boxed()
@@ -283,7 +315,13 @@ impl EventSink for SledStore {
         batch: Vec<AppendRequest>,
     ) -> BoxFuture<'_, Result<Vec<AppendOutcome>, StoreError>> {
         async move {
-            let trees = (&self.events, &self.streams, &self.heads, &self.ids, &self.meta);
+            let trees = (
+                &self.events,
+                &self.streams,
+                &self.heads,
+                &self.ids,
+                &self.meta,
+            );
             let outcomes = trees
                 .transaction(|(e, s, h, i, m)| self.append_in_tx((e, s, h, i, m), &batch))
                 .map_err(|err| match err {
@@ -306,7 +344,10 @@ impl EventSink for SledStore {
 
     /// The sled store needs nothing back from a mark: appends are idempotent by event id, and
     /// a fresh job's first write to each stream checks that the stream does not exist yet.
-    fn restore<'a>(&'a mut self, _mark: Option<&'a SinkMark>) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn restore<'a>(
+        &'a mut self,
+        _mark: Option<&'a SinkMark>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         async move { Ok(()) }.boxed()
     }
 }
@@ -332,7 +373,11 @@ mod tests {
     }
 
     fn request(stream: &str, expected: ExpectedRevision, events: Vec<NewEvent>) -> AppendRequest {
-        AppendRequest { stream: stream.into(), expected, events }
+        AppendRequest {
+            stream: stream.into(),
+            expected,
+            events,
+        }
     }
 
     #[tokio::test]
@@ -341,24 +386,56 @@ mod tests {
         let mut store = SledStore::open(dir.path()).unwrap();
         let first = vec![new_event(1, 1), new_event(2, 2)];
         let out = store
-            .append_batch(vec![request("a-1", ExpectedRevision::NoStream, first.clone())])
+            .append_batch(vec![request(
+                "a-1",
+                ExpectedRevision::NoStream,
+                first.clone(),
+            )])
             .await
             .unwrap();
-        assert_eq!(out[0], AppendOutcome { last_revision: 1, written: 2, duplicates: 0 });
+        assert_eq!(
+            out[0],
+            AppendOutcome {
+                last_revision: 1,
+                written: 2,
+                duplicates: 0
+            }
+        );
         // The same request again is a no-op that passes its own expected-revision check.
         let again = store
             .append_batch(vec![request("a-1", ExpectedRevision::NoStream, first)])
             .await
             .unwrap();
-        assert_eq!(again[0], AppendOutcome { last_revision: 1, written: 0, duplicates: 2 });
+        assert_eq!(
+            again[0],
+            AppendOutcome {
+                last_revision: 1,
+                written: 0,
+                duplicates: 2
+            }
+        );
         let wrong = store
-            .append_batch(vec![request("a-1", ExpectedRevision::Exact(0), vec![new_event(3, 3)])])
+            .append_batch(vec![request(
+                "a-1",
+                ExpectedRevision::Exact(0),
+                vec![new_event(3, 3)],
+            )])
             .await;
-        assert!(matches!(wrong, Err(StoreError::WrongExpectedRevision { .. })), "{wrong:?}");
+        assert!(
+            matches!(wrong, Err(StoreError::WrongExpectedRevision { .. })),
+            "{wrong:?}"
+        );
         let conflict = store
-            .append_batch(vec![request("b-1", ExpectedRevision::Any, vec![new_event(1, 9)])])
+            .append_batch(vec![request(
+                "b-1",
+                ExpectedRevision::Any,
+                vec![new_event(1, 9)],
+            )])
             .await;
-        assert!(matches!(conflict, Err(StoreError::IdConflict { .. })), "{conflict:?}");
+        assert!(
+            matches!(conflict, Err(StoreError::IdConflict { .. })),
+            "{conflict:?}"
+        );
         assert_eq!(store.len().unwrap(), 2);
     }
 
@@ -375,7 +452,10 @@ mod tests {
             .await
             .unwrap();
         let all: Vec<Event> = store.read_all(Some(0)).try_collect().await.unwrap();
-        assert_eq!(all.iter().map(|e| e.position.unwrap()).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            all.iter().map(|e| e.position.unwrap()).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
         let stream: Vec<Event> = store.read_stream("a-1", 1).try_collect().await.unwrap();
         assert_eq!(stream.len(), 1);
         assert_eq!(stream[0].id, Uuid::from_u128(3));

@@ -39,7 +39,7 @@ pub enum FileError {
         path: PathBuf,
         message: String,
         #[source]
-        source: toml::de::Error,
+        source: Box<toml::de::Error>,
     },
     /// An op that is invalid before any event (bad format, jq that does not compile).
     #[error("upcaster file {path}: op {index} ({name})")]
@@ -48,7 +48,7 @@ pub enum FileError {
         index: usize,
         name: &'static str,
         #[source]
-        source: OpError,
+        source: Box<OpError>,
     },
     /// Settings that contradict each other.
     #[error("upcaster file {path}: {reason}")]
@@ -115,7 +115,7 @@ fn compile_ops(path: &Path, ops: &[Op], offset: usize) -> Result<Vec<CompiledOp>
                 path: path.to_path_buf(),
                 index: offset + i + 1,
                 name: op.name(),
-                source,
+                source: Box::new(source),
             })
         })
         .collect()
@@ -136,7 +136,7 @@ impl FileUpcaster {
         let spec: UpcasterSpec = toml::from_str(text).map_err(|source| FileError::Parse {
             path: path.to_path_buf(),
             message: source.to_string().trim_end().replace('\n', "\n  "),
-            source,
+            source: Box::new(source),
         })?;
         let invalid = |reason: &str| FileError::Invalid {
             path: path.to_path_buf(),
@@ -148,11 +148,18 @@ impl FileUpcaster {
         if spec.from == 0 || spec.to == Some(0) {
             return Err(invalid("versions start at 1"));
         }
-        if spec.drop && (!spec.ops.is_empty() || !spec.emit.is_empty() || spec.rename.is_some() || spec.to.is_some()) {
+        if spec.drop
+            && (!spec.ops.is_empty()
+                || !spec.emit.is_empty()
+                || spec.rename.is_some()
+                || spec.to.is_some())
+        {
             return Err(invalid("`drop = true` takes no ops, emit, rename or to"));
         }
         let output = EventKind::new(
-            spec.rename.clone().unwrap_or_else(|| spec.event_type.clone()),
+            spec.rename
+                .clone()
+                .unwrap_or_else(|| spec.event_type.clone()),
             spec.to.unwrap_or(spec.from.saturating_add(1)),
         );
         let ops = compile_ops(path, &spec.ops, 0)?;
@@ -165,7 +172,9 @@ impl FileUpcaster {
             let mut offset = spec.ops.len();
             for emit in &spec.emit {
                 let kind = EventKind::new(
-                    emit.event_type.clone().unwrap_or_else(|| output.event_type.clone()),
+                    emit.event_type
+                        .clone()
+                        .unwrap_or_else(|| output.event_type.clone()),
                     emit.version.unwrap_or(output.version),
                 );
                 emits.push((kind, compile_ops(path, &emit.ops, offset)?));
@@ -174,7 +183,10 @@ impl FileUpcaster {
             emits
         };
         let mut canonical = String::new();
-        canonical_json(&serde_json::to_value(&spec).expect("a spec serializes"), &mut canonical);
+        canonical_json(
+            &serde_json::to_value(&spec).expect("a spec serializes"),
+            &mut canonical,
+        );
         Ok(FileUpcaster {
             origin: path.display().to_string(),
             input: EventKind::new(spec.event_type, spec.from),
@@ -200,11 +212,12 @@ pub struct OpFailure {
 
 fn apply_all(ops: &[CompiledOp], offset: usize, event: &mut UpcastEvent) -> Result<(), OpFailure> {
     for (i, op) in ops.iter().enumerate() {
-        op.apply(&mut event.data, &event.metadata).map_err(|source| OpFailure {
-            index: offset + i + 1,
-            name: op.op().name(),
-            source,
-        })?;
+        op.apply(&mut event.data, &event.metadata)
+            .map_err(|source| OpFailure {
+                index: offset + i + 1,
+                name: op.op().name(),
+                source,
+            })?;
     }
     Ok(())
 }
@@ -259,7 +272,12 @@ mod tests {
     }
 
     fn event(data: serde_json::Value) -> UpcastEvent {
-        UpcastEvent { event_type: "OrderPlaced".into(), version: 2, data, metadata: json!({}) }
+        UpcastEvent {
+            event_type: "OrderPlaced".into(),
+            version: 2,
+            data,
+            metadata: json!({}),
+        }
     }
 
     #[test]
@@ -279,10 +297,21 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(up.outputs(), vec![EventKind::new("OrderPlaced", 3), EventKind::new("ShippingAddressSet", 1)]);
-        let out = up.upcast(event(json!({"order_id": "o1", "address": "Main St"}))).unwrap();
+        assert_eq!(
+            up.outputs(),
+            vec![
+                EventKind::new("OrderPlaced", 3),
+                EventKind::new("ShippingAddressSet", 1)
+            ]
+        );
+        let out = up
+            .upcast(event(json!({"order_id": "o1", "address": "Main St"})))
+            .unwrap();
         assert_eq!(out[0].data, json!({"order_id": "o1", "currency": "EUR"}));
-        assert_eq!((out[1].event_type.as_str(), out[1].version), ("ShippingAddressSet", 1));
+        assert_eq!(
+            (out[1].event_type.as_str(), out[1].version),
+            ("ShippingAddressSet", 1)
+        );
         assert_eq!(out[1].data, json!({"order_id": "o1", "address": "Main St"}));
     }
 
@@ -299,12 +328,33 @@ mod tests {
     #[test]
     fn bad_files_name_the_file_and_the_problem() {
         let unknown = parse("type = \"T\"\nfrom = 1\n[[ops]]\nfrobnicate = 1").unwrap_err();
-        assert!(unknown.to_string().contains("unknown variant `frobnicate`"), "{unknown}");
-        assert!(unknown.to_string().starts_with("upcaster file upcasters/x.toml:"), "{unknown}");
+        assert!(
+            unknown.to_string().contains("unknown variant `frobnicate`"),
+            "{unknown}"
+        );
+        assert!(
+            unknown
+                .to_string()
+                .starts_with("upcaster file upcasters/x.toml:"),
+            "{unknown}"
+        );
         let pointer = parse("type = \"T\"\nfrom = 1\n[[ops]]\nremove = [\"total\"]").unwrap_err();
-        assert!(pointer.to_string().contains("must start with '/'"), "{pointer}");
+        assert!(
+            pointer.to_string().contains("must start with '/'"),
+            "{pointer}"
+        );
         let jq = parse("type = \"T\"\nfrom = 1\n[[ops]]\njq = \".a |||\"").unwrap_err();
-        assert!(matches!(jq, FileError::Op { index: 1, name: "jq", .. }), "{jq}");
+        assert!(
+            matches!(
+                jq,
+                FileError::Op {
+                    index: 1,
+                    name: "jq",
+                    ..
+                }
+            ),
+            "{jq}"
+        );
         let contradiction = parse("type = \"T\"\nfrom = 1\ndrop = true\nto = 3").unwrap_err();
         assert!(matches!(contradiction, FileError::Invalid { .. }));
     }

@@ -120,9 +120,15 @@ mod tests {
 
     #[test]
     fn refuses_bad_text_and_anything_but_one_output() {
-        assert!(matches!(JqFilter::compile(".a |||"), Err(JqError::Compile { .. })));
+        assert!(matches!(
+            JqFilter::compile(".a |||"),
+            Err(JqError::Compile { .. })
+        ));
         let many = JqFilter::compile(".[]").unwrap();
-        assert!(matches!(many.run(&json!([1, 2])), Err(JqError::Outputs { count: 2, .. })));
+        assert!(matches!(
+            many.run(&json!([1, 2])),
+            Err(JqError::Outputs { count: 2, .. })
+        ));
         let failing = JqFilter::compile("error(\"boom\")").unwrap();
         assert!(matches!(failing.run(&json!(1)), Err(JqError::Run { .. })));
     }

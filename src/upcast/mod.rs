@@ -81,14 +81,18 @@ pub enum UpcastError {
         source: BoxError,
     },
     /// An upcaster emitted a kind it did not declare.
-    #[error("upcaster {upcaster} emitted {emitted} for event {event_id}, which it does not declare")]
+    #[error(
+        "upcaster {upcaster} emitted {emitted} for event {event_id}, which it does not declare"
+    )]
     Undeclared {
         upcaster: String,
         emitted: EventKind,
         event_id: Uuid,
     },
     /// An event whose payload is not valid JSON, found when an upcaster needed it.
-    #[error("event {event_id} in stream {stream} at position {position}: payload is not valid JSON")]
+    #[error(
+        "event {event_id} in stream {stream} at position {position}: payload is not valid JSON"
+    )]
     Payload {
         event_id: Uuid,
         stream: String,
@@ -188,15 +192,26 @@ impl Registry {
         find_cycle(&upcasters, &outputs, &by_kind)?;
         let mut by_type: HashMap<String, Vec<(u32, usize)>> = HashMap::new();
         for (kind, index) in &by_kind {
-            by_type.entry(kind.event_type.clone()).or_default().push((kind.version, *index));
+            by_type
+                .entry(kind.event_type.clone())
+                .or_default()
+                .push((kind.version, *index));
         }
         let checksum = set_checksum(&upcasters);
-        Ok(Registry { upcasters, outputs, by_type, checksum })
+        Ok(Registry {
+            upcasters,
+            outputs,
+            by_type,
+            checksum,
+        })
     }
 
     /// Loads every `*.toml` file of a folder, in name order.
     pub fn load_dir(dir: &Path) -> Result<Self, UpcastError> {
-        let folder_error = |source| UpcastError::Folder { path: dir.to_path_buf(), source };
+        let folder_error = |source| UpcastError::Folder {
+            path: dir.to_path_buf(),
+            source,
+        };
         let mut files = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(folder_error)? {
             let path = entry.map_err(folder_error)?.path();
@@ -225,13 +240,19 @@ impl Registry {
     /// The index of the upcaster for a kind, if any.
     pub fn find(&self, event_type: &str, version: u32) -> Option<usize> {
         let candidates = self.by_type.get(event_type)?;
-        candidates.iter().find(|(v, _)| *v == version).map(|(_, i)| *i)
+        candidates
+            .iter()
+            .find(|(v, _)| *v == version)
+            .map(|(_, i)| *i)
     }
 
     /// Applies the chain to one event.
     pub fn upcast(&self, mut event: Event) -> Result<Upcasted, UpcastError> {
         if self.find(&event.event_type, event.version).is_none() {
-            return Ok(Upcasted { events: vec![event], applied: Vec::new() });
+            return Ok(Upcasted {
+                events: vec![event],
+                applied: Vec::new(),
+            });
         }
         let position = event.position.unwrap_or_default();
         let payload_error = |event: &Event, source| UpcastError::Payload {
@@ -242,7 +263,12 @@ impl Registry {
         };
         let data = take_value(&mut event.data).map_err(|e| payload_error(&event, e))?;
         let metadata = take_value(&mut event.metadata).map_err(|e| payload_error(&event, e))?;
-        let start = UpcastEvent { event_type: event.event_type.clone(), version: event.version, data, metadata };
+        let start = UpcastEvent {
+            event_type: event.event_type.clone(),
+            version: event.version,
+            data,
+            metadata,
+        };
         let mut outputs = Vec::new();
         let mut applied = Vec::new();
         self.expand(start, &event, &mut outputs, &mut applied)?;
@@ -254,7 +280,11 @@ impl Registry {
                 stream: event.stream.clone(),
                 revision: event.revision,
                 position: event.position,
-                id: if single { event.id } else { derived_event_id(event.id, index) },
+                id: if single {
+                    event.id
+                } else {
+                    derived_event_id(event.id, index)
+                },
                 event_type: output.event_type,
                 version: output.version,
                 data: Payload::Parsed(output.data),
@@ -279,17 +309,22 @@ impl Registry {
         let upcaster = &self.upcasters[index];
         applied.push(index);
         let kind = EventKind::new(current.event_type.clone(), current.version);
-        let results = upcaster.upcast(current).map_err(|source_error| UpcastError::Failed {
-            upcaster: upcaster.origin().to_string(),
-            event_id: source.id,
-            kind,
-            stream: source.stream.clone(),
-            position: source.position.unwrap_or_default(),
-            source: source_error,
-        })?;
+        let results = upcaster
+            .upcast(current)
+            .map_err(|source_error| UpcastError::Failed {
+                upcaster: upcaster.origin().to_string(),
+                event_id: source.id,
+                kind,
+                stream: source.stream.clone(),
+                position: source.position.unwrap_or_default(),
+                source: source_error,
+            })?;
         for result in results {
             let declared = &self.outputs[index];
-            if !declared.iter().any(|k| k.event_type == result.event_type && k.version == result.version) {
+            if !declared
+                .iter()
+                .any(|k| k.event_type == result.event_type && k.version == result.version)
+            {
                 return Err(UpcastError::Undeclared {
                     upcaster: upcaster.origin().to_string(),
                     emitted: EventKind::new(result.event_type, result.version),
@@ -307,8 +342,10 @@ fn take_value(payload: &mut Payload) -> Result<Value, serde_json::Error> {
 }
 
 fn set_checksum(upcasters: &[Arc<dyn Upcaster>]) -> String {
-    let mut entries: Vec<(EventKind, String)> =
-        upcasters.iter().map(|u| (u.input(), u.canonical())).collect();
+    let mut entries: Vec<(EventKind, String)> = upcasters
+        .iter()
+        .map(|u| (u.input(), u.canonical()))
+        .collect();
     entries.sort();
     let mut hasher = Sha256::new();
     for (kind, canonical) in entries {
@@ -340,7 +377,9 @@ fn find_cycle(
         marks[index] = Mark::OnPath;
         path.push(index);
         for output in &outputs[index] {
-            let Some(&next) = by_kind.get(output) else { continue };
+            let Some(&next) = by_kind.get(output) else {
+                continue;
+            };
             match marks[next] {
                 Mark::OnPath => {
                     let start = path.iter().position(|&i| i == next).unwrap_or(0);
@@ -400,7 +439,10 @@ mod tests {
         let out = registry.upcast(event("U", 1, "{}")).unwrap();
         assert_eq!(out.applied, vec![0, 1]);
         let e = &out.events[0];
-        assert_eq!((e.event_type.as_str(), e.version, e.revision, e.position), ("User", 3, 3, Some(7)));
+        assert_eq!(
+            (e.event_type.as_str(), e.version, e.revision, e.position),
+            ("User", 3, 3, Some(7))
+        );
         assert_eq!(e.data.to_value().unwrap(), json!({"v2": true, "by": "u9"}));
         assert_eq!(e.id, event("U", 1, "{}").id);
         assert_eq!(e.recorded_at.as_deref(), Some("2024-01-01T00:00:00Z"));
@@ -409,7 +451,9 @@ mod tests {
     #[test]
     fn unknown_events_pass_through_unparsed() {
         let registry = Registry::new(vec![file("a.toml", "type = \"U\"\nfrom = 1")]).unwrap();
-        let out = registry.upcast(event("Other", 1, "{ \"keep\" :  1 }")).unwrap();
+        let out = registry
+            .upcast(event("Other", 1, "{ \"keep\" :  1 }"))
+            .unwrap();
         assert!(out.events[0].data.is_raw());
         assert!(out.applied.is_empty());
     }
@@ -431,7 +475,10 @@ mod tests {
 
     #[test]
     fn registry_refuses_duplicates_backward_steps_and_cycles() {
-        let dup = Registry::new(vec![file("a.toml", "type = \"U\"\nfrom = 1"), file("b.toml", "type = \"U\"\nfrom = 1")]);
+        let dup = Registry::new(vec![
+            file("a.toml", "type = \"U\"\nfrom = 1"),
+            file("b.toml", "type = \"U\"\nfrom = 1"),
+        ]);
         let msg = dup.err().unwrap().to_string();
         assert!(msg.contains("a.toml") && msg.contains("b.toml"), "{msg}");
         let back = Registry::new(vec![file("a.toml", "type = \"U\"\nfrom = 2\nto = 2")]);
@@ -441,7 +488,10 @@ mod tests {
             file("b.toml", "type = \"B\"\nfrom = 1\nrename = \"A\"\nto = 1"),
         ]);
         let msg = cycle.err().unwrap().to_string();
-        assert!(msg.contains("cycle") && msg.contains("a.toml") && msg.contains("b.toml"), "{msg}");
+        assert!(
+            msg.contains("cycle") && msg.contains("a.toml") && msg.contains("b.toml"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -451,7 +501,8 @@ mod tests {
         let one = Registry::new(vec![a(), b()]).unwrap();
         let two = Registry::new(vec![b(), a()]).unwrap();
         assert_eq!(one.checksum(), two.checksum());
-        let changed = Registry::new(vec![a(), file("b.toml", "type = \"B\"\nfrom = 1\nto = 3")]).unwrap();
+        let changed =
+            Registry::new(vec![a(), file("b.toml", "type = \"B\"\nfrom = 1\nto = 3")]).unwrap();
         assert_ne!(one.checksum(), changed.checksum());
     }
 }

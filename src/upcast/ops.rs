@@ -273,7 +273,10 @@ impl CompiledOp {
                 Ok(args.into.set(data, value)?)
             }
             Op::Jq(_) => {
-                let filter = self.jq.as_ref().expect("jq ops are compiled with their filter");
+                let filter = self
+                    .jq
+                    .as_ref()
+                    .expect("jq ops are compiled with their filter");
                 *data = filter.run(data)?;
                 Ok(())
             }
@@ -281,7 +284,11 @@ impl CompiledOp {
     }
 }
 
-fn required<'a>(data: &'a Value, pointer: &Pointer, optional: bool) -> Result<Option<&'a Value>, OpError> {
+fn required<'a>(
+    data: &'a Value,
+    pointer: &Pointer,
+    optional: bool,
+) -> Result<Option<&'a Value>, OpError> {
     match pointer.get(data) {
         Some(value) => Ok(Some(value)),
         None if optional => Ok(None),
@@ -328,7 +335,9 @@ fn concat(data: &mut Value, args: &ConcatArgs) -> Result<(), OpError> {
             None => unreachable!("required() without optional returns a value or an error"),
         }
     }
-    Ok(args.into.set(data, Value::String(parts.join(&args.separator)))?)
+    Ok(args
+        .into
+        .set(data, Value::String(parts.join(&args.separator)))?)
 }
 
 fn split(data: &mut Value, args: &SplitArgs) -> Result<(), OpError> {
@@ -343,7 +352,9 @@ fn split(data: &mut Value, args: &SplitArgs) -> Result<(), OpError> {
             })
         }
     };
-    let parts: Vec<&str> = text.splitn(args.into.len(), args.separator.as_str()).collect();
+    let parts: Vec<&str> = text
+        .splitn(args.into.len(), args.separator.as_str())
+        .collect();
     if parts.len() != args.into.len() {
         return Err(OpError::Parts {
             pointer: args.from.to_string(),
@@ -367,7 +378,9 @@ fn convert(value: &Value, args: &ConvertArgs) -> Result<Value, OpError> {
     };
     match (args.to, value) {
         (ConvertTo::String, Value::String(_)) => Ok(value.clone()),
-        (ConvertTo::String, Value::Number(_) | Value::Bool(_)) => Ok(Value::String(value.to_string())),
+        (ConvertTo::String, Value::Number(_) | Value::Bool(_)) => {
+            Ok(Value::String(value.to_string()))
+        }
         (ConvertTo::String, _) => Err(fail("string", "only numbers and booleans convert")),
         (ConvertTo::Int, Value::Bool(b)) => Ok(Value::from(i64::from(*b))),
         (ConvertTo::Int, Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(value.clone()),
@@ -410,7 +423,8 @@ fn convert(value: &Value, args: &ConvertArgs) -> Result<Value, OpError> {
         (ConvertTo::Timestamp, _) => {
             let from = args.from_format.as_deref().unwrap_or("rfc3339");
             let to = args.to_format.as_deref().unwrap_or("rfc3339");
-            let time = parse_time(value, from).ok_or_else(|| fail("timestamp", &format!("it is not in format {from:?}")))?;
+            let time = parse_time(value, from)
+                .ok_or_else(|| fail("timestamp", &format!("it is not in format {from:?}")))?;
             Ok(format_time(time, to))
         }
     }
@@ -435,10 +449,16 @@ fn parse_time(value: &Value, format: &str) -> Option<DateTime<Utc>> {
         _ => None,
     };
     match format {
-        "unix" => Utc.timestamp_millis_opt((number()? * 1000.0).round() as i64).single(),
+        "unix" => Utc
+            .timestamp_millis_opt((number()? * 1000.0).round() as i64)
+            .single(),
         "unix_ms" => Utc.timestamp_millis_opt(number()?.round() as i64).single(),
-        "rfc3339" => DateTime::parse_from_rfc3339(value.as_str()?).ok().map(|t| t.with_timezone(&Utc)),
-        pattern => NaiveDateTime::parse_from_str(value.as_str()?, pattern).ok().map(|t| t.and_utc()),
+        "rfc3339" => DateTime::parse_from_rfc3339(value.as_str()?)
+            .ok()
+            .map(|t| t.with_timezone(&Utc)),
+        pattern => NaiveDateTime::parse_from_str(value.as_str()?, pattern)
+            .ok()
+            .map(|t| t.and_utc()),
     }
 }
 
@@ -469,37 +489,128 @@ mod tests {
     #[test]
     fn field_ops_move_copy_add_set_remove() {
         let data = json!({"a": 1, "b": {"c": 2}});
-        assert_eq!(run(r#"{ rename = { from = "/a", to = "/x/y" } }"#, data.clone(), json!({})).unwrap(), json!({"x": {"y": 1}, "b": {"c": 2}}));
-        assert_eq!(run(r#"{ copy = { from = "/b/c", to = "/d" } }"#, data.clone(), json!({})).unwrap()["d"], json!(2));
-        assert_eq!(run(r#"{ add = { path = "/a", value = 9 } }"#, data.clone(), json!({})).unwrap()["a"], json!(1));
-        assert_eq!(run(r#"{ set = { path = "/a", value = 9 } }"#, data.clone(), json!({})).unwrap()["a"], json!(9));
-        assert_eq!(run(r#"{ remove = ["/a", "/zz"] }"#, data.clone(), json!({})).unwrap(), json!({"b": {"c": 2}}));
-        let missing = run(r#"{ rename = { from = "/zz", to = "/y" } }"#, data.clone(), json!({}));
+        assert_eq!(
+            run(
+                r#"{ rename = { from = "/a", to = "/x/y" } }"#,
+                data.clone(),
+                json!({})
+            )
+            .unwrap(),
+            json!({"x": {"y": 1}, "b": {"c": 2}})
+        );
+        assert_eq!(
+            run(
+                r#"{ copy = { from = "/b/c", to = "/d" } }"#,
+                data.clone(),
+                json!({})
+            )
+            .unwrap()["d"],
+            json!(2)
+        );
+        assert_eq!(
+            run(
+                r#"{ add = { path = "/a", value = 9 } }"#,
+                data.clone(),
+                json!({})
+            )
+            .unwrap()["a"],
+            json!(1)
+        );
+        assert_eq!(
+            run(
+                r#"{ set = { path = "/a", value = 9 } }"#,
+                data.clone(),
+                json!({})
+            )
+            .unwrap()["a"],
+            json!(9)
+        );
+        assert_eq!(
+            run(r#"{ remove = ["/a", "/zz"] }"#, data.clone(), json!({})).unwrap(),
+            json!({"b": {"c": 2}})
+        );
+        let missing = run(
+            r#"{ rename = { from = "/zz", to = "/y" } }"#,
+            data.clone(),
+            json!({}),
+        );
         assert!(matches!(missing, Err(OpError::Missing { .. })));
-        assert_eq!(run(r#"{ rename = { from = "/zz", to = "/y", optional = true } }"#, data.clone(), json!({})).unwrap(), data);
+        assert_eq!(
+            run(
+                r#"{ rename = { from = "/zz", to = "/y", optional = true } }"#,
+                data.clone(),
+                json!({})
+            )
+            .unwrap(),
+            data
+        );
     }
 
     #[test]
     fn string_ops_concat_split_map() {
         let data = json!({"first": "Ada", "last": "Lovelace", "t": "DHL:123:x", "s": "A"});
-        let joined = run(r#"{ concat = { fields = ["/first", "/last"], separator = " ", into = "/full" } }"#, data.clone(), json!({})).unwrap();
+        let joined = run(
+            r#"{ concat = { fields = ["/first", "/last"], separator = " ", into = "/full" } }"#,
+            data.clone(),
+            json!({}),
+        )
+        .unwrap();
         assert_eq!(joined["full"], json!("Ada Lovelace"));
-        let parts = run(r#"{ split = { from = "/t", separator = ":", into = ["/carrier", "/code"] } }"#, data.clone(), json!({})).unwrap();
-        assert_eq!((parts["carrier"].clone(), parts["code"].clone()), (json!("DHL"), json!("123:x")));
-        let too_few = run(r#"{ split = { from = "/first", separator = ":", into = ["/a", "/b"] } }"#, data.clone(), json!({}));
-        assert!(matches!(too_few, Err(OpError::Parts { expected: 2, found: 1, .. })));
-        let mapped = run(r#"{ map = { path = "/s", values = { A = "active" } } }"#, data.clone(), json!({})).unwrap();
+        let parts = run(
+            r#"{ split = { from = "/t", separator = ":", into = ["/carrier", "/code"] } }"#,
+            data.clone(),
+            json!({}),
+        )
+        .unwrap();
+        assert_eq!(
+            (parts["carrier"].clone(), parts["code"].clone()),
+            (json!("DHL"), json!("123:x"))
+        );
+        let too_few = run(
+            r#"{ split = { from = "/first", separator = ":", into = ["/a", "/b"] } }"#,
+            data.clone(),
+            json!({}),
+        );
+        assert!(matches!(
+            too_few,
+            Err(OpError::Parts {
+                expected: 2,
+                found: 1,
+                ..
+            })
+        ));
+        let mapped = run(
+            r#"{ map = { path = "/s", values = { A = "active" } } }"#,
+            data.clone(),
+            json!({}),
+        )
+        .unwrap();
         assert_eq!(mapped["s"], json!("active"));
-        let defaulted = run(r#"{ map = { path = "/first", values = { A = 1 }, default = "other" } }"#, data, json!({})).unwrap();
+        let defaulted = run(
+            r#"{ map = { path = "/first", values = { A = 1 }, default = "other" } }"#,
+            data,
+            json!({}),
+        )
+        .unwrap();
         assert_eq!(defaulted["first"], json!("other"));
     }
 
     #[test]
     fn conversions_are_exact_or_errors() {
-        let conv = |to: &str, value: Value| run(&format!(r#"{{ convert = {{ path = "/v", to = "{to}" }} }}"#), json!({ "v": value }), json!({})).map(|d| d["v"].clone());
+        let conv = |to: &str, value: Value| {
+            run(
+                &format!(r#"{{ convert = {{ path = "/v", to = "{to}" }} }}"#),
+                json!({ "v": value }),
+                json!({}),
+            )
+            .map(|d| d["v"].clone())
+        };
         assert_eq!(conv("cents", json!("12.3")).unwrap(), json!(1230));
         assert_eq!(conv("cents", json!(7)).unwrap(), json!(700));
-        assert!(matches!(conv("cents", json!("1.005")), Err(OpError::Convert { .. })));
+        assert!(matches!(
+            conv("cents", json!("1.005")),
+            Err(OpError::Convert { .. })
+        ));
         assert_eq!(conv("int", json!(" 42 ")).unwrap(), json!(42));
         assert!(conv("int", json!(1.5)).is_err());
         assert_eq!(conv("float", json!("2.5")).unwrap(), json!(2.5));
@@ -511,19 +622,37 @@ mod tests {
     #[test]
     fn timestamps_convert_between_formats() {
         let op = r#"{ convert = { path = "/t", to = "timestamp", from_format = "unix", to_format = "rfc3339" } }"#;
-        assert_eq!(run(op, json!({"t": 1700000000}), json!({})).unwrap()["t"], json!("2023-11-14T22:13:20Z"));
+        assert_eq!(
+            run(op, json!({"t": 1700000000}), json!({})).unwrap()["t"],
+            json!("2023-11-14T22:13:20Z")
+        );
         let op = r#"{ convert = { path = "/t", to = "timestamp", from_format = "%d/%m/%Y %H:%M", to_format = "unix_ms" } }"#;
-        assert_eq!(run(op, json!({"t": "14/11/2023 22:13"}), json!({})).unwrap()["t"], json!(1699999980000i64));
+        assert_eq!(
+            run(op, json!({"t": "14/11/2023 22:13"}), json!({})).unwrap()["t"],
+            json!(1699999980000i64)
+        );
         let bad = r#"{ convert = { path = "/t", to = "timestamp", from_format = "%Q" } }"#;
-        assert!(matches!(run(bad, json!({}), json!({})), Err(OpError::BadFormat { .. })));
+        assert!(matches!(
+            run(bad, json!({}), json!({})),
+            Err(OpError::BadFormat { .. })
+        ));
     }
 
     #[test]
     fn metadata_and_jq() {
         let op = r#"{ from_metadata = { from = "/user", into = "/by" } }"#;
-        assert_eq!(run(op, json!({}), json!({"user": "u1"})).unwrap(), json!({"by": "u1"}));
-        assert!(matches!(run(op, json!({}), json!({})), Err(OpError::MissingMetadata { .. })));
+        assert_eq!(
+            run(op, json!({}), json!({"user": "u1"})).unwrap(),
+            json!({"by": "u1"})
+        );
+        assert!(matches!(
+            run(op, json!({}), json!({})),
+            Err(OpError::MissingMetadata { .. })
+        ));
         let jq = r#"{ jq = ".n = (.n * 2)" }"#;
-        assert_eq!(run(jq, json!({"n": 4}), json!({})).unwrap(), json!({"n": 8}));
+        assert_eq!(
+            run(jq, json!({"n": 4}), json!({})).unwrap(),
+            json!({"n": 8})
+        );
     }
 }

@@ -13,10 +13,16 @@ use serde_json::{Map, Value};
 pub enum PointerError {
     /// Text that is not a JSON pointer.
     #[error("{pointer:?} is not a JSON pointer: {reason}")]
-    Syntax { pointer: String, reason: &'static str },
+    Syntax {
+        pointer: String,
+        reason: &'static str,
+    },
     /// A write through a pointer whose parent is not an object or array.
     #[error("{pointer}: cannot write below a {found}")]
-    NotContainer { pointer: String, found: &'static str },
+    NotContainer {
+        pointer: String,
+        found: &'static str,
+    },
     /// A write that would replace the whole document.
     #[error("the empty pointer names the whole payload; name a field, e.g. \"/total\"")]
     Root,
@@ -107,11 +113,13 @@ impl Pointer {
 
     /// The value the pointer names, if any.
     pub fn get<'a>(&self, root: &'a Value) -> Option<&'a Value> {
-        self.tokens.iter().try_fold(root, |value, token| match value {
-            Value::Object(map) => map.get(token),
-            Value::Array(items) => token.parse::<usize>().ok().and_then(|i| items.get(i)),
-            _ => None,
-        })
+        self.tokens
+            .iter()
+            .try_fold(root, |value, token| match value {
+                Value::Object(map) => map.get(token),
+                Value::Array(items) => token.parse::<usize>().ok().and_then(|i| items.get(i)),
+                _ => None,
+            })
     }
 
     /// Removes and returns the value the pointer names, if any.
@@ -162,7 +170,11 @@ impl Pointer {
         }
     }
 
-    fn child_mut<'a>(&self, value: &'a mut Value, token: &str) -> Result<&'a mut Value, PointerError> {
+    fn child_mut<'a>(
+        &self,
+        value: &'a mut Value,
+        token: &str,
+    ) -> Result<&'a mut Value, PointerError> {
         if value.is_null() {
             *value = Value::Object(Map::new());
         }
@@ -203,13 +215,33 @@ mod tests {
     #[test]
     fn set_creates_objects_and_take_removes() {
         let mut doc = json!({"items": [1, 2]});
-        Pointer::parse("/address/city").unwrap().set(&mut doc, json!("Oslo")).unwrap();
-        Pointer::parse("/items/-").unwrap().set(&mut doc, json!(3)).unwrap();
-        assert_eq!(doc, json!({"items": [1, 2, 3], "address": {"city": "Oslo"}}));
-        assert_eq!(Pointer::parse("/items/0").unwrap().take(&mut doc), Some(json!(1)));
+        Pointer::parse("/address/city")
+            .unwrap()
+            .set(&mut doc, json!("Oslo"))
+            .unwrap();
+        Pointer::parse("/items/-")
+            .unwrap()
+            .set(&mut doc, json!(3))
+            .unwrap();
+        assert_eq!(
+            doc,
+            json!({"items": [1, 2, 3], "address": {"city": "Oslo"}})
+        );
+        assert_eq!(
+            Pointer::parse("/items/0").unwrap().take(&mut doc),
+            Some(json!(1))
+        );
         assert_eq!(Pointer::parse("/nope/x").unwrap().take(&mut doc), None);
-        let below_string = Pointer::parse("/address/city/x").unwrap().set(&mut doc, json!(1));
-        assert!(matches!(below_string, Err(PointerError::NotContainer { .. })));
-        assert!(matches!(Pointer::parse("").unwrap().set(&mut doc, json!(1)), Err(PointerError::Root)));
+        let below_string = Pointer::parse("/address/city/x")
+            .unwrap()
+            .set(&mut doc, json!(1));
+        assert!(matches!(
+            below_string,
+            Err(PointerError::NotContainer { .. })
+        ));
+        assert!(matches!(
+            Pointer::parse("").unwrap().set(&mut doc, json!(1)),
+            Err(PointerError::Root)
+        ));
     }
 }
