@@ -1,20 +1,24 @@
 //! The embedded event store on sled (`sled:PATH`).
 //!
-//! Layout, one sled tree each:
-//! - `events`: log position (u64 big-endian) -> the envelope as one JSON line;
-//! - `streams`: stream name, `0xFF`, revision (u64 BE) -> log position; `0xFF` never occurs
-//!   in UTF-8, so one stream's keys are one contiguous range;
-//! - `heads`: stream name -> revision of its last event;
-//! - `ids`: event id (16 bytes) -> log position, for idempotent appends;
-//! - `meta`: `next_position`.
+//! Everything lives in one sled tree, under one-byte key prefixes:
+//! - `E` + log position (u64 big-endian) -> the envelope as one JSON line;
+//! - `S` + stream name + `0xFF` + revision (u64 BE) -> log position; `0xFF` never occurs in
+//!   UTF-8, so one stream's keys are one contiguous range;
+//! - `H` + stream name -> revision of its last event;
+//! - `I` + event id (16 bytes) -> log position, for idempotent appends;
+//! - `M` -> the next log position.
 //!
-//! [`EventSink::append_batch`] writes a whole batch in one transaction across these trees and
-//! then flushes, so once it returns a kill -9 loses nothing. Re-appending an event whose id is
-//! already stored, with the same stream, type, version, data and metadata, is a no-op; the same
-//! id with anything else is [`StoreError::IdConflict`]. The expected-revision check is made
-//! against the stream as it was before the first event of the request, so re-sending a whole
-//! request after a crash passes it. sled locks its folder, so a second process that opens the
-//! store gets [`StoreError::Locked`].
+//! One tree lets [`EventSink::append_batch`] write a whole batch as one atomic sled `Batch`
+//! (much cheaper than a multi-tree transaction) and flush it, so once it returns a kill -9
+//! loses nothing, and a crash never leaves half a batch. The checks are read from the tree
+//! before the batch is applied; that is safe because sled locks the folder to one process and
+//! appends take `&mut self`, so nothing else writes in between.
+//!
+//! Re-appending an event whose id is already stored, with the same stream, type, version, data
+//! and metadata, is a no-op; the same id with anything else is [`StoreError::IdConflict`]. The
+//! expected-revision check is made against the stream as it was before the first event of the
+//! request, so re-sending a whole request after a crash passes it. A second process that opens
+//! the store gets [`StoreError::Locked`].
 
 use super::{
     AppendOutcome, AppendRequest, EventSink, EventSource, EventStream, NewEvent, SinkMark,
@@ -23,67 +27,79 @@ use super::{
 use crate::event::{validate_stream_name, Event};
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use sled::Transactional;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use uuid::Uuid;
 
-const NEXT_POSITION: &[u8] = b"next_position";
+const EVENT: u8 = b'E';
+const STREAM: u8 = b'S';
+const HEAD: u8 = b'H';
+const ID: u8 = b'I';
+const NEXT_POSITION: &[u8] = b"M";
 const STREAM_SEPARATOR: u8 = 0xFF;
 
 /// The sled event store.
 pub struct SledStore {
     path: PathBuf,
     db: sled::Db,
-    events: sled::Tree,
-    streams: sled::Tree,
-    heads: sled::Tree,
-    ids: sled::Tree,
-    meta: sled::Tree,
+    tree: sled::Tree,
+}
+
+fn event_key(position: u64) -> [u8; 9] {
+    let mut key = [EVENT; 9];
+    key[1..].copy_from_slice(&position.to_be_bytes());
+    key
 }
 
 fn stream_key(stream: &str, revision: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(stream.len() + 9);
+    let mut key = Vec::with_capacity(stream.len() + 10);
+    key.push(STREAM);
     key.extend_from_slice(stream.as_bytes());
     key.push(STREAM_SEPARATOR);
     key.extend_from_slice(&revision.to_be_bytes());
     key
 }
 
+fn head_key(stream: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(stream.len() + 1);
+    key.push(HEAD);
+    key.extend_from_slice(stream.as_bytes());
+    key
+}
+
+fn id_key(id: &Uuid) -> [u8; 17] {
+    let mut key = [ID; 17];
+    key[1..].copy_from_slice(id.as_bytes());
+    key
+}
+
 fn read_u64(bytes: &[u8]) -> u64 {
     let mut buffer = [0u8; 8];
-    buffer.copy_from_slice(&bytes[..8]);
+    let start = bytes.len().saturating_sub(8);
+    buffer[8 - (bytes.len() - start)..].copy_from_slice(&bytes[start..]);
     u64::from_be_bytes(buffer)
 }
 
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
-
-/// The five trees of the store, as seen inside one transaction.
-type Trees<'a> = (
-    &'a TransactionalTree,
-    &'a TransactionalTree,
-    &'a TransactionalTree,
-    &'a TransactionalTree,
-    &'a TransactionalTree,
-);
+/// What one batch has written so far, before it is applied: the checks of later requests in
+/// the same batch must see it.
+#[derive(Default)]
+struct Pending {
+    heads: HashMap<String, u64>,
+    ids: HashMap<Uuid, Event>,
+}
 
 impl SledStore {
     /// Opens (or creates) the store in the folder `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = sled::open(path).map_err(|source| open_error(path, source))?;
-        let tree = |name: &str| {
-            db.open_tree(name).map_err(|source| StoreError::Sled {
-                path: path.to_path_buf(),
-                source,
-            })
-        };
+        let tree = db.open_tree("log").map_err(|source| StoreError::Sled {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(SledStore {
             path: path.to_path_buf(),
-            events: tree("events")?,
-            streams: tree("streams")?,
-            heads: tree("heads")?,
-            ids: tree("ids")?,
-            meta: tree("meta")?,
             db,
+            tree,
         })
     }
 
@@ -92,6 +108,10 @@ impl SledStore {
             path: self.path.clone(),
             source,
         }
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
+        self.tree.get(key).map_err(|e| self.sled_error(e))
     }
 
     fn decode(&self, position: u64, bytes: &[u8]) -> Result<Event, StoreError> {
@@ -104,11 +124,7 @@ impl SledStore {
 
     /// The number of events in the store (its next log position).
     pub fn len(&self) -> Result<u64, StoreError> {
-        let next = self
-            .meta
-            .get(NEXT_POSITION)
-            .map_err(|e| self.sled_error(e))?;
-        Ok(next.map_or(0, |bytes| read_u64(&bytes)))
+        Ok(self.get(NEXT_POSITION)?.map_or(0, |bytes| read_u64(&bytes)))
     }
 
     /// True when the store holds no event.
@@ -116,79 +132,38 @@ impl SledStore {
         Ok(self.len()? == 0)
     }
 
-    fn append_in_tx(
-        &self,
-        trees: Trees<'_>,
-        batch: &[AppendRequest],
-    ) -> TxResult<Vec<AppendOutcome>> {
-        let (events, streams, heads, ids, meta) = trees;
-        let mut next_position = meta.get(NEXT_POSITION)?.map_or(0, |b| read_u64(&b));
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for request in batch {
-            let abort = ConflictableTransactionError::Abort;
-            validate_stream_name(&request.stream).map_err(|e| abort(e.into()))?;
-            let mut state = heads
-                .get(request.stream.as_bytes())?
-                .map_or(StreamState::NoStream, |b| StreamState::At(read_u64(&b)));
-            let mut outcome = AppendOutcome {
-                last_revision: 0,
-                written: 0,
-                duplicates: 0,
-            };
-            for (index, new_event) in request.events.iter().enumerate() {
-                if let Some(existing) =
-                    self.existing_duplicate(events, ids, &request.stream, new_event)?
-                {
-                    if index == 0 {
-                        state = existing
-                            .checked_sub(1)
-                            .map_or(StreamState::NoStream, StreamState::At);
-                        check_expected(request, state)?;
-                    }
-                    outcome.duplicates += 1;
-                    outcome.last_revision = existing;
-                    continue;
-                }
-                if index == 0 {
-                    check_expected(request, state)?;
-                }
-                let revision = heads
-                    .get(request.stream.as_bytes())?
-                    .map_or(0, |b| read_u64(&b) + 1);
-                let event = new_event
-                    .clone()
-                    .into_event(&request.stream, revision, next_position);
-                let position_bytes = next_position.to_be_bytes();
-                events.insert(&position_bytes, event.to_json_line().as_bytes())?;
-                streams.insert(stream_key(&request.stream, revision), &position_bytes)?;
-                heads.insert(request.stream.as_bytes(), &revision.to_be_bytes())?;
-                ids.insert(new_event.id.as_bytes(), &position_bytes)?;
-                next_position += 1;
-                outcome.written += 1;
-                outcome.last_revision = revision;
-            }
-            outcomes.push(outcome);
+    fn head(&self, stream: &str, pending: &Pending) -> Result<StreamState, StoreError> {
+        if let Some(&revision) = pending.heads.get(stream) {
+            return Ok(StreamState::At(revision));
         }
-        meta.insert(NEXT_POSITION, &next_position.to_be_bytes())?;
-        Ok(outcomes)
+        Ok(self
+            .get(&head_key(stream))?
+            .map_or(StreamState::NoStream, |b| StreamState::At(read_u64(&b))))
     }
 
-    /// The revision of an already stored copy of `new_event`, or an id conflict.
-    fn existing_duplicate(
-        &self,
-        events: &TransactionalTree,
-        ids: &TransactionalTree,
-        stream: &str,
-        new_event: &NewEvent,
-    ) -> TxResult<Option<u64>> {
-        let Some(position) = ids.get(new_event.id.as_bytes())? else {
+    /// The stored event with this id, from the pending batch or the tree.
+    fn stored(&self, id: &Uuid, pending: &Pending) -> Result<Option<Event>, StoreError> {
+        if let Some(event) = pending.ids.get(id) {
+            return Ok(Some(event.clone()));
+        }
+        let Some(position) = self.get(&id_key(id))? else {
             return Ok(None);
         };
         let position = read_u64(&position);
-        let bytes = events.get(position.to_be_bytes())?.unwrap_or_default();
-        let stored = self
-            .decode(position, &bytes)
-            .map_err(ConflictableTransactionError::Abort)?;
+        let bytes = self.get(&event_key(position))?.unwrap_or_default();
+        self.decode(position, &bytes).map(Some)
+    }
+
+    /// The revision of an already stored copy of `new_event`, or an id conflict.
+    fn duplicate_of(
+        &self,
+        stream: &str,
+        new_event: &NewEvent,
+        pending: &Pending,
+    ) -> Result<Option<u64>, StoreError> {
+        let Some(stored) = self.stored(&new_event.id, pending)? else {
+            return Ok(None);
+        };
         let same = stored.stream == stream
             && stored.event_type == new_event.event_type
             && stored.version == new_event.version
@@ -197,28 +172,63 @@ impl SledStore {
         if same {
             Ok(Some(stored.revision))
         } else {
-            Err(ConflictableTransactionError::Abort(
-                StoreError::IdConflict {
-                    id: new_event.id,
-                    existing_stream: stored.stream,
-                    existing_revision: stored.revision,
-                },
-            ))
+            Err(StoreError::IdConflict {
+                id: new_event.id,
+                existing_stream: stored.stream,
+                existing_revision: stored.revision,
+            })
         }
     }
-}
 
-fn check_expected(request: &AppendRequest, state: StreamState) -> TxResult<()> {
-    if state.satisfies(request.expected) {
-        Ok(())
-    } else {
-        Err(ConflictableTransactionError::Abort(
-            StoreError::WrongExpectedRevision {
-                stream: request.stream.clone(),
-                expected: request.expected,
-                actual: state,
-            },
-        ))
+    fn append_request(
+        &self,
+        request: AppendRequest,
+        batch: &mut sled::Batch,
+        pending: &mut Pending,
+        next_position: &mut u64,
+    ) -> Result<AppendOutcome, StoreError> {
+        validate_stream_name(&request.stream)?;
+        let mut outcome = AppendOutcome {
+            last_revision: 0,
+            written: 0,
+            duplicates: 0,
+        };
+        for (index, new_event) in request.events.into_iter().enumerate() {
+            let duplicate = self.duplicate_of(&request.stream, &new_event, pending)?;
+            if index == 0 {
+                let before = match duplicate {
+                    Some(revision) => revision
+                        .checked_sub(1)
+                        .map_or(StreamState::NoStream, StreamState::At),
+                    None => self.head(&request.stream, pending)?,
+                };
+                if !before.satisfies(request.expected) {
+                    return Err(StoreError::WrongExpectedRevision {
+                        stream: request.stream,
+                        expected: request.expected,
+                        actual: before,
+                    });
+                }
+            }
+            if let Some(revision) = duplicate {
+                outcome.duplicates += 1;
+                outcome.last_revision = revision;
+                continue;
+            }
+            let revision = self.head(&request.stream, pending)?.next_revision();
+            let event = new_event.into_event(&request.stream, revision, *next_position);
+            let position_bytes = next_position.to_be_bytes();
+            batch.insert(&event_key(*next_position), event.to_json_line().as_bytes());
+            batch.insert(stream_key(&request.stream, revision), &position_bytes);
+            batch.insert(head_key(&request.stream), &revision.to_be_bytes());
+            batch.insert(&id_key(&event.id), &position_bytes);
+            pending.heads.insert(request.stream.clone(), revision);
+            pending.ids.insert(event.id, event);
+            *next_position += 1;
+            outcome.written += 1;
+            outcome.last_revision = revision;
+        }
+        Ok(outcome)
     }
 }
 
@@ -249,11 +259,10 @@ impl EventSource for SledStore {
     }
 
     fn read_all(&self, after: Option<u64>) -> EventStream<'_> {
-        let start = after.map_or(0, |p| p.saturating_add(1));
-        let range = if after == Some(u64::MAX) {
-            None
-        } else {
-            Some(self.events.range(start.to_be_bytes()..))
+        let range = match after {
+            Some(u64::MAX) => None,
+            Some(p) => Some(self.tree.range(event_key(p + 1)..=event_key(u64::MAX))),
+            None => Some(self.tree.range(event_key(0)..=event_key(u64::MAX))),
         };
         Box::pin(async_stream::try_stream! {
             for item in range.into_iter().flatten() {
@@ -264,13 +273,14 @@ impl EventSource for SledStore {
     }
 
     fn read_stream<'a>(&'a self, stream: &'a str, from_revision: u64) -> EventStream<'a> {
-        let start = stream_key(stream, from_revision);
-        let end = stream_key(stream, u64::MAX);
+        let range = self
+            .tree
+            .range(stream_key(stream, from_revision)..=stream_key(stream, u64::MAX));
         Box::pin(async_stream::try_stream! {
-            for item in self.streams.range(start..=end) {
+            for item in range {
                 let (_, position) = item.map_err(|e| self.sled_error(e))?;
                 let position = read_u64(&position);
-                let bytes = self.events.get(position.to_be_bytes()).map_err(|e| self.sled_error(e))?;
+                let bytes = self.get(&event_key(position))?;
                 yield self.decode(position, &bytes.unwrap_or_default())?;
             }
         })
@@ -278,12 +288,12 @@ impl EventSource for SledStore {
 
     fn list_streams(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
         async move {
-            self.heads
-                .iter()
+            self.tree
+                .scan_prefix([HEAD])
                 .keys()
                 .map(|key| {
                     let key = key.map_err(|e| self.sled_error(e))?;
-                    Ok(String::from_utf8_lossy(&key).into_owned())
+                    Ok(String::from_utf8_lossy(&key[1..]).into_owned())
                 })
                 .collect()
         }
@@ -300,14 +310,7 @@ impl EventSink for SledStore {
         &'a mut self,
         stream: &'a str,
     ) -> BoxFuture<'a, Result<StreamState, StoreError>> {
-        async move {
-            let head = self
-                .heads
-                .get(stream.as_bytes())
-                .map_err(|e| self.sled_error(e))?;
-            Ok(head.map_or(StreamState::NoStream, |b| StreamState::At(read_u64(&b))))
-        }
-        .boxed()
+        async move { self.head(stream, &Pending::default()) }.boxed()
     }
 
     fn append_batch(
@@ -315,19 +318,22 @@ impl EventSink for SledStore {
         batch: Vec<AppendRequest>,
     ) -> BoxFuture<'_, Result<Vec<AppendOutcome>, StoreError>> {
         async move {
-            let trees = (
-                &self.events,
-                &self.streams,
-                &self.heads,
-                &self.ids,
-                &self.meta,
-            );
-            let outcomes = trees
-                .transaction(|(e, s, h, i, m)| self.append_in_tx((e, s, h, i, m), &batch))
-                .map_err(|err| match err {
-                    TransactionError::Abort(err) => err,
-                    TransactionError::Storage(source) => self.sled_error(source),
-                })?;
+            let mut writes = sled::Batch::default();
+            let mut pending = Pending::default();
+            let mut next_position = self.len()?;
+            let mut outcomes = Vec::with_capacity(batch.len());
+            for request in batch {
+                outcomes.push(self.append_request(
+                    request,
+                    &mut writes,
+                    &mut pending,
+                    &mut next_position,
+                )?);
+            }
+            writes.insert(NEXT_POSITION, &next_position.to_be_bytes());
+            self.tree
+                .apply_batch(writes)
+                .map_err(|e| self.sled_error(e))?;
             self.db.flush().map_err(|e| self.sled_error(e))?;
             Ok(outcomes)
         }
