@@ -20,6 +20,33 @@
 //! An upcaster error on an event follows [`ErrorPolicy`]: `stop` writes and checkpoints
 //! everything before the event and fails; `skip` counts and reports it; `dead-letter` also
 //! writes the event and the reason to the dead-letter file. The source is never written.
+//!
+//! ```
+//! use recast::checkpoint::CheckpointStore;
+//! use recast::migrate::{ErrorPolicy, Migration, StreamTemplate, Writer};
+//! use recast::store::jsonl::{JsonlSink, JsonlSource};
+//! use recast::upcast::Registry;
+//! use std::sync::atomic::AtomicBool;
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let source = JsonlSource::open("streams/demo".as_ref()).unwrap();
+//! let registry = Registry::load_dir("upcasters".as_ref()).unwrap();
+//! let migration = Migration {
+//!     source: &source,
+//!     registry: &registry,
+//!     template: StreamTemplate::parse("{stream}-v2").unwrap(),
+//!     on_error: ErrorPolicy::Stop,
+//!     batch_size: 1000,
+//! };
+//! let checkpoints = CheckpointStore::open(&dir.path().join("state")).unwrap();
+//! let mut sink = JsonlSink::open(&dir.path().join("out.jsonl")).unwrap();
+//! let writer = Writer { sink: &mut sink, checkpoints: Some(&checkpoints), dead_letter_path: None, dry_run: false };
+//! let runtime = tokio::runtime::Runtime::new().unwrap();
+//! let stop = AtomicBool::new(false);
+//! let report = runtime.block_on(migration.run(writer, &stop, &|_| {})).unwrap();
+//! assert!(report.completed && report.counts.accounted());
+//! assert!(report.counts.split > 0 && report.counts.dropped > 0);
+//! ```
 
 pub mod dead_letter;
 pub mod dry;

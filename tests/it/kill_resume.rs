@@ -84,3 +84,68 @@ fn sigkill_and_resume_into_sled_equals_an_uninterrupted_run() {
 fn sigkill_and_resume_into_jsonl_equals_an_uninterrupted_run() {
     kill_and_resume("killed.jsonl");
 }
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_a_second_process_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    generate(d, "log.jsonl", 150_000, 5_000, 5);
+    migrate(d, "log.jsonl", "reference.jsonl")
+        .assert()
+        .success();
+    let start = || {
+        Command::new(assert_cmd::cargo::cargo_bin("recast"))
+            .current_dir(d)
+            .args([
+                "migrate",
+                "--from",
+                "log.jsonl",
+                "--to",
+                "sled:out",
+                "--state",
+                "state",
+                "--batch-size",
+                "500",
+                "--upcasters",
+            ])
+            .arg(upcasters())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let child = start();
+    std::thread::sleep(Duration::from_millis(400));
+    // While the first process runs, the store and the state folder are its alone.
+    let second = Command::new(assert_cmd::cargo::cargo_bin("recast"))
+        .current_dir(d)
+        .args(["checksum", "sled:out"])
+        .output()
+        .unwrap();
+    let interrupt = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupt.success());
+    let first = child.wait_with_output().unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("is in use by another process"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert_eq!(
+        first.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(String::from_utf8_lossy(&first.stderr).contains("checkpoint is saved"));
+    let done = start().wait_with_output().unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_eq!(checksum(d, "sled:out"), checksum(d, "reference.jsonl"));
+}
