@@ -240,6 +240,7 @@ impl Migration<'_> {
             dead_letters: None,
             heads: HashMap::new(),
             resumed,
+            key: String::new(),
         };
         let failure = if state.completed {
             None
@@ -271,6 +272,8 @@ struct Run<'a, 'w> {
     /// Last revision written to each target stream by this run.
     heads: HashMap<String, u64>,
     resumed: bool,
+    /// Reused buffer for `Type vN` count keys.
+    key: String,
 }
 
 impl Run<'_, '_> {
@@ -359,7 +362,7 @@ impl Run<'_, '_> {
         let migration = self.migration;
         let registry = migration.registry;
         let touched = registry.find(&event.event_type, event.version).is_some();
-        let kind = format!("{} v{}", event.event_type, event.version);
+        let (source_type, source_version) = (event.event_type.clone(), event.version);
         let source_id = event.id;
         let kept =
             (touched && migration.on_error == ErrorPolicy::DeadLetter).then(|| event.clone());
@@ -372,10 +375,14 @@ impl Run<'_, '_> {
                     outputs.push((stream, output));
                 }
                 counts.source_events += 1;
-                *counts.source_kinds.entry(kind).or_default() += 1;
+                report::bump_kind(
+                    &mut counts.source_kinds,
+                    &mut self.key,
+                    &source_type,
+                    source_version,
+                );
                 for index in upcasted.applied {
-                    let origin = registry.upcasters()[index].origin().to_string();
-                    *counts.upcasters.entry(origin).or_default() += 1;
+                    report::bump(&mut counts.upcasters, registry.upcasters()[index].origin());
                 }
                 match (touched, outputs.len()) {
                     (false, _) => counts.unchanged += 1,
@@ -407,7 +414,12 @@ impl Run<'_, '_> {
             Err(err) => {
                 let message = crate::error::chain(&err);
                 counts.source_events += 1;
-                *counts.source_kinds.entry(kind).or_default() += 1;
+                report::bump_kind(
+                    &mut counts.source_kinds,
+                    &mut self.key,
+                    &source_type,
+                    source_version,
+                );
                 if let (Some(file), Some(event)) = (&mut self.dead_letters, &kept) {
                     let upcaster = match &err {
                         UpcastError::Failed { upcaster, .. }

@@ -35,6 +35,29 @@ pub struct MigrationCounts {
     pub upcasters: BTreeMap<String, u64>,
 }
 
+/// Adds one to `map["Type vN"]`, allocating the key only the first time it is seen.
+pub fn bump_kind(
+    map: &mut BTreeMap<String, u64>,
+    key: &mut String,
+    event_type: &str,
+    version: u32,
+) {
+    use std::fmt::Write;
+    key.clear();
+    let _ = write!(key, "{event_type} v{version}");
+    bump(map, key);
+}
+
+/// Adds one to `map[key]`, allocating the key only the first time it is seen.
+pub fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
+    match map.get_mut(key) {
+        Some(count) => *count += 1,
+        None => {
+            map.insert(key.to_string(), 1);
+        }
+    }
+}
+
 impl MigrationCounts {
     /// True when every source event is counted in exactly one outcome.
     pub fn accounted(&self) -> bool {

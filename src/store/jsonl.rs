@@ -350,6 +350,8 @@ pub struct JsonlSink {
     bytes: u64,
     next_position: u64,
     heads: HashMap<String, u64>,
+    /// Reused buffer for one serialized line.
+    line: Vec<u8>,
 }
 
 #[derive(Deserialize)]
@@ -383,6 +385,7 @@ impl JsonlSink {
             bytes: 0,
             next_position: 0,
             heads: HashMap::new(),
+            line: Vec::with_capacity(1024),
         })
     }
 
@@ -425,12 +428,13 @@ impl JsonlSink {
         let written = request.events.len();
         for new_event in request.events {
             let event = new_event.into_event(&request.stream, revision, self.next_position);
-            let mut line = event.to_json_line();
-            line.push('\n');
+            self.line.clear();
+            serde_json::to_writer(&mut self.line, &event).expect("an envelope always serializes");
+            self.line.push(b'\n');
             self.file
-                .write_all(line.as_bytes())
+                .write_all(&self.line)
                 .map_err(io_error(&self.path))?;
-            self.bytes += line.len() as u64;
+            self.bytes += self.line.len() as u64;
             self.next_position += 1;
             revision += 1;
         }
