@@ -3,16 +3,16 @@
 //! sink, so they go through exactly the code path of a real migration.
 
 use crate::store::digest::{DigestSummary, LogDigest};
-use crate::store::{AppendOutcome, AppendRequest, EventSink, SinkMark, StoreError, StreamState};
+use crate::store::{
+    AppendOutcome, AppendRequest, EventSink, SinkMark, StoreError, StreamHeads, StreamState,
+};
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use std::collections::HashMap;
 
 /// A sink that only counts and digests.
 pub struct DrySink {
     target: String,
-    heads: HashMap<String, u64>,
-    next_position: u64,
+    heads: StreamHeads,
     digest: LogDigest,
 }
 
@@ -21,8 +21,7 @@ impl DrySink {
     pub fn new(target: impl Into<String>) -> Self {
         DrySink {
             target: target.into(),
-            heads: HashMap::new(),
-            next_position: 0,
+            heads: StreamHeads::default(),
             digest: LogDigest::default(),
         }
     }
@@ -42,10 +41,7 @@ impl EventSink for DrySink {
         &'a mut self,
         stream: &'a str,
     ) -> BoxFuture<'a, Result<StreamState, StoreError>> {
-        let state = self
-            .heads
-            .get(stream)
-            .map_or(StreamState::NoStream, |&r| StreamState::At(r));
+        let state = self.heads.state(stream);
         async move { Ok(state) }.boxed()
     }
 
@@ -56,33 +52,17 @@ impl EventSink for DrySink {
         async move {
             let mut outcomes = Vec::with_capacity(batch.len());
             for request in batch {
-                let state = self
-                    .heads
-                    .get(&request.stream)
-                    .map_or(StreamState::NoStream, |&r| StreamState::At(r));
-                let mut revision = state.next_revision();
-                let written = request.events.len();
-                for new_event in request.events {
-                    let event = new_event.into_event(&request.stream, revision, self.next_position);
+                let (events, outcome) = self.heads.assign(request)?;
+                for event in &events {
                     self.digest
-                        .add(&event)
+                        .add(event)
                         .map_err(|source| StoreError::Corrupt {
                             path: self.target.clone().into(),
-                            position: self.next_position,
+                            position: event.position.unwrap_or_default(),
                             source,
                         })?;
-                    self.next_position += 1;
-                    revision += 1;
                 }
-                let last_revision = revision.saturating_sub(1);
-                if written > 0 {
-                    self.heads.insert(request.stream, last_revision);
-                }
-                outcomes.push(AppendOutcome {
-                    last_revision,
-                    written,
-                    duplicates: 0,
-                });
+                outcomes.push(outcome);
             }
             Ok(outcomes)
         }

@@ -392,10 +392,12 @@ impl Run<'_, '_> {
                 }
                 for (index, (stream, output)) in outputs.into_iter().enumerate() {
                     counts.target_events += 1;
-                    *counts
-                        .target_kinds
-                        .entry(format!("{} v{}", output.event_type, output.version))
-                        .or_default() += 1;
+                    report::bump_kind(
+                        &mut counts.target_kinds,
+                        &mut self.key,
+                        &output.event_type,
+                        output.version,
+                    );
                     pending.push((
                         stream,
                         NewEvent {

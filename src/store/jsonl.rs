@@ -14,13 +14,12 @@
 
 use super::{
     AppendOutcome, AppendRequest, EventSink, EventSource, EventStream, SinkMark, StoreError,
-    StreamState,
+    StreamHeads, StreamState,
 };
 use crate::event::Event;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -348,8 +347,7 @@ pub struct JsonlSink {
     path: PathBuf,
     file: BufWriter<File>,
     bytes: u64,
-    next_position: u64,
-    heads: HashMap<String, u64>,
+    heads: StreamHeads,
     /// Reused buffer for one serialized line.
     line: Vec<u8>,
 }
@@ -383,51 +381,35 @@ impl JsonlSink {
             path: path.to_path_buf(),
             file: BufWriter::with_capacity(1 << 16, file),
             bytes: 0,
-            next_position: 0,
-            heads: HashMap::new(),
+            heads: StreamHeads::default(),
             line: Vec::with_capacity(1024),
         })
     }
 
-    fn rescan_heads(&mut self, bytes: u64) -> Result<u64, StoreError> {
-        let mut reader =
-            BufReader::new(File::open(&self.path).map_err(io_error(&self.path))?).take(bytes);
+    fn rescan_heads(&mut self, bytes: u64) -> Result<(), StoreError> {
+        let file = File::open(&self.path).map_err(io_error(&self.path))?;
+        let mut reader = BufReader::new(file).take(bytes);
         let mut line = String::new();
-        let mut count = 0;
         let mut line_number = 0;
+        self.heads.clear();
         loop {
             line.clear();
             line_number += 1;
             if reader.read_line(&mut line).map_err(io_error(&self.path))? == 0 {
-                return Ok(count);
+                return Ok(());
             }
             if line.trim().is_empty() {
                 continue;
             }
             let head: StreamRevision = serde_json::from_str(&line)
                 .map_err(|err| bad_json(&self.path, line_number, err))?;
-            self.heads.insert(head.stream, head.revision);
-            count += 1;
+            self.heads.record(head.stream, head.revision);
         }
     }
 
     fn append_one(&mut self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
-        crate::event::validate_stream_name(&request.stream)?;
-        let state = self
-            .heads
-            .get(&request.stream)
-            .map_or(StreamState::NoStream, |&r| StreamState::At(r));
-        if !state.satisfies(request.expected) {
-            return Err(StoreError::WrongExpectedRevision {
-                stream: request.stream,
-                expected: request.expected,
-                actual: state,
-            });
-        }
-        let mut revision = state.next_revision();
-        let written = request.events.len();
-        for new_event in request.events {
-            let event = new_event.into_event(&request.stream, revision, self.next_position);
+        let (events, outcome) = self.heads.assign(request)?;
+        for event in events {
             self.line.clear();
             serde_json::to_writer(&mut self.line, &event).expect("an envelope always serializes");
             self.line.push(b'\n');
@@ -435,18 +417,8 @@ impl JsonlSink {
                 .write_all(&self.line)
                 .map_err(io_error(&self.path))?;
             self.bytes += self.line.len() as u64;
-            self.next_position += 1;
-            revision += 1;
         }
-        let last_revision = revision.saturating_sub(1);
-        if written > 0 {
-            self.heads.insert(request.stream, last_revision);
-        }
-        Ok(AppendOutcome {
-            last_revision,
-            written,
-            duplicates: 0,
-        })
+        Ok(outcome)
     }
 }
 
@@ -459,10 +431,7 @@ impl EventSink for JsonlSink {
         &'a mut self,
         stream: &'a str,
     ) -> BoxFuture<'a, Result<StreamState, StoreError>> {
-        let state = self
-            .heads
-            .get(stream)
-            .map_or(StreamState::NoStream, |&r| StreamState::At(r));
+        let state = self.heads.state(stream);
         async move { Ok(state) }.boxed()
     }
 
@@ -480,7 +449,7 @@ impl EventSink for JsonlSink {
                 .get_ref()
                 .sync_data()
                 .map_err(io_error(&self.path))?;
-            Ok(serde_json::json!({"bytes": self.bytes, "events": self.next_position}))
+            Ok(serde_json::json!({"bytes": self.bytes, "events": self.heads.next_position()}))
         }
         .boxed()
     }
@@ -506,8 +475,7 @@ impl EventSink for JsonlSink {
             }
             self.file.get_ref().set_len(bytes).map_err(io_error(&self.path))?;
             self.file.seek(SeekFrom::Start(bytes)).map_err(io_error(&self.path))?;
-            self.heads.clear();
-            self.next_position = self.rescan_heads(bytes)?;
+            self.rescan_heads(bytes)?;
             self.bytes = bytes;
             Ok(())
         }

@@ -13,12 +13,14 @@
 //! [`SinkMark`] that a checkpoint stores. [`EventSink::restore`] takes that mark back on resume.
 
 pub mod digest;
+mod heads;
 pub mod jsonl;
 pub mod sled_store;
 
 use crate::event::{Event, EventError, Payload};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
+pub use heads::StreamHeads;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use uuid::Uuid;

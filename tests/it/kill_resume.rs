@@ -2,8 +2,30 @@
 //! from the checkpoint, and the final target equals an uninterrupted run's, event for event.
 
 use super::{checksum, generate, migrate, upcasters};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+
+/// A `recast migrate` process of `log.jsonl` into `target`, as a plain std command to kill.
+fn migrate_process(d: &Path, target: &str, state: &str, batch_size: &str) -> Command {
+    let mut command = Command::new(assert_cmd::cargo::cargo_bin("recast"));
+    command
+        .current_dir(d)
+        .args([
+            "migrate",
+            "--from",
+            "log.jsonl",
+            "--to",
+            target,
+            "--state",
+            state,
+            "--batch-size",
+            batch_size,
+            "--upcasters",
+        ])
+        .arg(upcasters());
+    command
+}
 
 fn kill_and_resume(target: &str) {
     let dir = tempfile::tempdir().unwrap();
@@ -16,21 +38,7 @@ fn kill_and_resume(target: &str) {
 
     let mut kills_that_landed = 0;
     for attempt in 0..6u64 {
-        let mut child = Command::new(assert_cmd::cargo::cargo_bin("recast"))
-            .current_dir(d)
-            .args([
-                "migrate",
-                "--from",
-                "log.jsonl",
-                "--to",
-                target,
-                "--state",
-                "killed-state",
-                "--batch-size",
-                "700",
-                "--upcasters",
-            ])
-            .arg(upcasters())
+        let mut child = migrate_process(d, target, "killed-state", "700")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -46,21 +54,7 @@ fn kill_and_resume(target: &str) {
         kills_that_landed >= 2,
         "only {kills_that_landed} kills hit a running migration"
     );
-    let finish = Command::new(assert_cmd::cargo::cargo_bin("recast"))
-        .current_dir(d)
-        .args([
-            "migrate",
-            "--from",
-            "log.jsonl",
-            "--to",
-            target,
-            "--state",
-            "killed-state",
-            "--batch-size",
-            "700",
-            "--upcasters",
-        ])
-        .arg(upcasters())
+    let finish = migrate_process(d, target, "killed-state", "700")
         .output()
         .unwrap();
     assert!(
@@ -94,21 +88,7 @@ fn ctrl_c_saves_a_checkpoint_and_a_second_process_is_refused() {
         .assert()
         .success();
     let start = || {
-        Command::new(assert_cmd::cargo::cargo_bin("recast"))
-            .current_dir(d)
-            .args([
-                "migrate",
-                "--from",
-                "log.jsonl",
-                "--to",
-                "sled:out",
-                "--state",
-                "state",
-                "--batch-size",
-                "500",
-                "--upcasters",
-            ])
-            .arg(upcasters())
+        migrate_process(d, "sled:out", "state", "500")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
