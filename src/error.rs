@@ -30,6 +30,18 @@ pub enum Error {
     /// Generating a synthetic log failed.
     #[error(transparent)]
     Generate(#[from] crate::generate::GenerateError),
+    /// Projections do not load.
+    #[error(transparent)]
+    Project(#[from] crate::project::ProjectError),
+    /// The read-model store failed or refused.
+    #[error(transparent)]
+    ReadModel(#[from] crate::readmodel::ReadModelError),
+    /// A rebuild failed.
+    #[error(transparent)]
+    Rebuild(#[from] crate::project::rebuild::RebuildError),
+    /// A replay or fixture case failed.
+    #[error(transparent)]
+    Testing(#[from] crate::project::testing::TestingError),
     /// A stream template does not parse.
     #[error(transparent)]
     Template(#[from] crate::migrate::template::TemplateError),
@@ -45,7 +57,8 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut source = error.source();
     while let Some(cause) = source {
         let part = cause.to_string();
-        if !text.contains(&part) {
+        let first_line = part.lines().next().unwrap_or_default();
+        if !text.contains(first_line) {
             text.push_str(": ");
             text.push_str(&part);
         }

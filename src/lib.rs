@@ -50,3 +50,5 @@ pub use event::{Event, EventKind, Payload};
 pub use migrate::{Migration, MigrationReport};
 pub use store::{EventSink, EventSource, Location};
 pub use upcast::{Registry, Upcaster};
+pub mod project;
+pub mod readmodel;

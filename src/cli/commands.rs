@@ -121,7 +121,7 @@ impl Job {
 }
 
 /// Sets the returned flag on Ctrl-C, so long runs stop after their current batch.
-fn stop_on_ctrl_c() -> Arc<AtomicBool> {
+pub fn stop_on_ctrl_c() -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     tokio::spawn(async move {
@@ -232,7 +232,8 @@ pub async fn plan(args: PlanArgs, config: &Config, json: bool) -> Result<(), Fai
     Ok(())
 }
 
-/// `recast run`: the demo pipeline on the embedded store, driven by `recast.toml`.
+/// `recast run`: the demo pipeline on the embedded store, driven by `recast.toml`: migrate,
+/// verify, rebuild the projections from the migrated store, and show a sample of the result.
 pub async fn demo(args: RunArgs, config: &Config, json: bool) -> Result<(), Failure> {
     let flags = JobFlags {
         from: None,
@@ -244,12 +245,21 @@ pub async fn demo(args: RunArgs, config: &Config, json: bool) -> Result<(), Fail
     };
     if args.fresh {
         let target = location(None, config.target.location.as_ref(), "to")?;
+        let readmodels = config
+            .rebuild
+            .readmodels
+            .strip_prefix("sled:")
+            .map(PathBuf::from);
         for path in [
-            target.path(),
-            config.migrate.state.as_path(),
-            config.migrate.dead_letter.as_path(),
-        ] {
-            remove_path(path)?;
+            Some(target.path().to_path_buf()),
+            Some(config.migrate.state.clone()),
+            Some(config.migrate.dead_letter.clone()),
+            readmodels,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            remove_path(&path)?;
         }
     }
     // The verification report that follows carries the migration's counts; one report is enough.
@@ -266,7 +276,34 @@ pub async fn demo(args: RunArgs, config: &Config, json: bool) -> Result<(), Fail
         false,
     )
     .await?;
-    verify(VerifyArgs { job: flags }, config, json).await
+    verify(VerifyArgs { job: flags }, config, json).await?;
+    let rebuild_args = super::rebuild::RebuildArgs {
+        names: Vec::new(),
+        from: None,
+        store: super::rebuild::ReadModelFlags { readmodels: None },
+        projections: None,
+        upcasters: None,
+        partitions: None,
+        memory_mb: None,
+        on_error: None,
+        follow: false,
+        new_generation: false,
+    };
+    let report = super::rebuild::rebuild(rebuild_args, config, json).await?;
+    output::rebuild(&report, json);
+    let store =
+        super::rebuild::open_store(&super::rebuild::ReadModelFlags { readmodels: None }, config)?;
+    for projection in &report.projections {
+        let Some(live) = projection.live else {
+            continue;
+        };
+        let sample: Vec<_> = store
+            .rows(&projection.name, live)
+            .take(3)
+            .collect::<Result<_, _>>()?;
+        output::sample(&projection.name, &sample, json);
+    }
+    Ok(())
 }
 
 fn remove_path(path: &std::path::Path) -> Result<(), Failure> {

@@ -13,6 +13,15 @@
 //! batch_size = 1000
 //! state = ".recast/state"            # checkpoint store (sled folder)
 //! dead_letter = ".recast/dead-letter.jsonl"
+//! [projections]
+//! dir = "projections"
+//! [rebuild]
+//! source = "sled:.recast/demo/events"  # default: the migration target
+//! readmodels = "sled:.recast/readmodels"
+//! memory_mb = 256                    # bound on dirty state held between windows
+//! partitions = 1                     # snapshot partitions
+//! on_error = "stop"
+//! cases = "streams/cases"            # fixture cases for `recast test`
 //! ```
 //!
 //! Without `--config`, `./recast.toml` is read when it exists; otherwise the defaults above
@@ -30,6 +39,50 @@ pub struct Config {
     pub target: TargetSection,
     pub upcasters: UpcasterSection,
     pub migrate: MigrateSection,
+    pub projections: ProjectionSection,
+    pub rebuild: RebuildSection,
+}
+
+/// `[projections]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectionSection {
+    pub dir: PathBuf,
+}
+
+impl Default for ProjectionSection {
+    fn default() -> Self {
+        ProjectionSection {
+            dir: "projections".into(),
+        }
+    }
+}
+
+/// `[rebuild]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RebuildSection {
+    /// The event source to rebuild from (default: the migration target).
+    pub source: Option<String>,
+    pub readmodels: String,
+    pub memory_mb: usize,
+    pub partitions: u32,
+    pub on_error: ErrorPolicy,
+    /// Where `recast test` finds fixture cases.
+    pub cases: PathBuf,
+}
+
+impl Default for RebuildSection {
+    fn default() -> Self {
+        RebuildSection {
+            source: None,
+            readmodels: "sled:.recast/readmodels".into(),
+            memory_mb: 256,
+            partitions: 1,
+            on_error: ErrorPolicy::Stop,
+            cases: "streams/cases".into(),
+        }
+    }
 }
 
 /// `[source]`

@@ -15,8 +15,14 @@ use std::path::PathBuf;
 /// `recast checksum`
 #[derive(Debug, Args)]
 pub struct ChecksumArgs {
-    /// The store to digest.
-    pub location: String,
+    /// The event store to digest.
+    #[arg(required_unless_present = "readmodel")]
+    pub location: Option<String>,
+    /// Digest the live generation of this projection instead.
+    #[arg(long, conflicts_with = "location")]
+    pub readmodel: Option<String>,
+    #[command(flatten)]
+    pub store: super::rebuild::ReadModelFlags,
 }
 
 /// `recast cat`
@@ -104,8 +110,20 @@ pub struct GenerateArgs {
     pub out: PathBuf,
 }
 
-pub async fn checksum(args: ChecksumArgs, json: bool) -> Result<(), Failure> {
-    let source = open_source(&Location::parse(&args.location)?)?;
+pub async fn checksum(args: ChecksumArgs, config: &Config, json: bool) -> Result<(), Failure> {
+    if let Some(name) = &args.readmodel {
+        let (checksum, rows) = super::rebuild::open_store(&args.store, config)?.digest(name)?;
+        if json {
+            output::json(
+                &serde_json::json!({"readmodel": name, "checksum": checksum, "rows": rows}),
+            );
+        } else {
+            println!("{checksum} ({rows} rows)");
+        }
+        return Ok(());
+    }
+    let location = args.location.as_deref().unwrap_or_default();
+    let source = open_source(&Location::parse(location)?)?;
     let (digest, kinds) = digest_source(source.as_ref()).await?;
     if json {
         output::json(

@@ -10,6 +10,8 @@ mod config;
 mod inspect;
 mod output;
 mod progress;
+mod rebuild;
+mod status;
 
 use clap::{Args, Parser, Subcommand};
 use recast::migrate::ErrorPolicy;
@@ -41,7 +43,21 @@ pub enum Command {
     Plan(commands::PlanArgs),
     /// The demo pipeline: migrate the demo log with the demo upcasters, then verify.
     Run(commands::RunArgs),
-    /// A canonical digest of a store's events.
+    /// Replay the log through projections into read models (snapshots and tables).
+    Rebuild(rebuild::RebuildArgs),
+    /// Make the newest finished generation of a projection live.
+    Swap(rebuild::NameArgs),
+    /// Make the previous generation of a projection live again.
+    Rollback(rebuild::NameArgs),
+    /// Drop the generations of a projection that are neither live nor being built.
+    Prune(rebuild::NameArgs),
+    /// Show every projection: live and building generations, checkpoint, lag, staleness, errors.
+    Status(rebuild::StatusArgs),
+    /// Print the rows (or one row) of a projection's live generation.
+    Query(rebuild::QueryArgs),
+    /// Replay fixture cases through upcasters and projections and compare with expectations.
+    Test(rebuild::TestArgs),
+    /// A canonical digest of a store's events, or of a read model.
     Checksum(inspect::ChecksumArgs),
     /// Show one stream, raw or upcast.
     Cat(inspect::CatArgs),
@@ -111,7 +127,14 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Verify(args) => commands::verify(args, &config, json).await,
         Command::Plan(args) => commands::plan(args, &config, json).await,
         Command::Run(args) => commands::demo(args, &config, json).await,
-        Command::Checksum(args) => inspect::checksum(args, json).await,
+        Command::Rebuild(args) => rebuild::rebuild_command(args, &config, json).await,
+        Command::Swap(args) => rebuild::swap(args, &config, json),
+        Command::Rollback(args) => rebuild::rollback(args, &config, json),
+        Command::Prune(args) => rebuild::prune(args, &config, json),
+        Command::Status(args) => rebuild::status(args, &config, json).await,
+        Command::Query(args) => rebuild::query(args, &config, json),
+        Command::Test(args) => rebuild::test(args, &config, json),
+        Command::Checksum(args) => inspect::checksum(args, &config, json).await,
         Command::Cat(args) => inspect::cat(args, &config).await,
         Command::Export(args) => inspect::export(args, &config).await,
         Command::Import(args) => inspect::import(args, json).await,

@@ -20,6 +20,7 @@ pub mod sled_store;
 use crate::event::{Event, EventError, Payload};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
+use futures::FutureExt;
 pub use heads::StreamHeads;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -231,6 +232,19 @@ pub trait EventSource: Send + Sync {
     fn read_stream<'a>(&'a self, stream: &'a str, from_revision: u64) -> EventStream<'a>;
     /// The names of all streams.
     fn list_streams(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
+    /// The position of the last event of the log (reads the whole log unless the store knows).
+    fn head_position(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        async move {
+            use futures::TryStreamExt;
+            let mut events = self.read_all(None);
+            let mut last = None;
+            while let Some(event) = events.try_next().await? {
+                last = event.position;
+            }
+            Ok(last)
+        }
+        .boxed()
+    }
 }
 
 /// A store events are written to.

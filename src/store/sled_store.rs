@@ -286,6 +286,10 @@ impl EventSource for SledStore {
         })
     }
 
+    fn head_position(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        async move { self.last_position() }.boxed()
+    }
+
     fn list_streams(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
         async move {
             self.tree
@@ -298,6 +302,12 @@ impl EventSource for SledStore {
                 .collect()
         }
         .boxed()
+    }
+}
+
+impl SledStore {
+    fn last_position(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.len()?.checked_sub(1))
     }
 }
 

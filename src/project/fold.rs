@@ -1,0 +1,243 @@
+//! Folding events into projection state in memory: the part of a rebuild that is the same
+//! whether the result goes to a store window ([`super::rebuild`]) or stays in memory
+//! ([`super::testing`]).
+//!
+//! A [`Fold`] holds the dirty states of its members (projection generations), keyed by row.
+//! Each event is applied to every member that handles it into a staging area first; only when
+//! a member's whole change succeeded is it merged, so a failing event never leaves half its
+//! effect behind. What a failure does is the [`ErrorPolicy`]: `stop` returns the error with
+//! nothing of that event applied, `skip` leaves the event out for that member, `dead-letter`
+//! also records it. The size of the dirty states is tracked (an estimate, in bytes) so the
+//! caller can write a window when it passes its memory bound.
+
+use super::ops::Outcome;
+use super::{Projection, ProjectionKind};
+use crate::migrate::ErrorPolicy;
+use crate::readmodel::{DeadLetter, PartCheckpoint};
+use crate::Event;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// A projection failed on an event under the `stop` policy.
+#[derive(Debug, thiserror::Error)]
+#[error("projection {projection} ({origin}) failed on event {event_id} ({event_type} v{version}) in stream {stream} at position {position}")]
+pub struct FoldError {
+    pub projection: String,
+    pub origin: String,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub version: u32,
+    pub stream: String,
+    pub position: u64,
+    #[source]
+    pub source: crate::upcast::BoxError,
+}
+
+/// One projection being folded, with the checkpoint of what it has applied.
+pub struct Member {
+    /// The projection.
+    pub projection: Arc<dyn Projection>,
+    /// Its checkpoint (position, counts) as of the last event applied.
+    pub checkpoint: PartCheckpoint,
+}
+
+/// A dirty state: the new value (`None`: deleted) and, for snapshots, the revision it covers.
+#[derive(Debug, Clone)]
+pub struct Dirty {
+    pub state: Option<Value>,
+    pub revision: u64,
+    size: usize,
+}
+
+/// Loads a stored state: (member index, key) -> state, if stored.
+pub type Loader<'a> =
+    dyn Fn(usize, &str) -> Result<Option<Value>, crate::readmodel::ReadModelError> + 'a;
+
+/// The in-memory fold of a set of members.
+pub struct Fold {
+    pub members: Vec<Member>,
+    pub dirty: HashMap<(usize, String), Dirty>,
+    pub dead_letters: Vec<(usize, u64, DeadLetter)>,
+    dirty_bytes: usize,
+    policy: ErrorPolicy,
+}
+
+/// A rough size of a JSON value in memory, in bytes.
+pub fn approximate_size(value: &Value) -> usize {
+    match value {
+        Value::String(s) => 32 + s.len(),
+        Value::Array(items) => 32 + items.iter().map(approximate_size).sum::<usize>(),
+        Value::Object(map) => {
+            48 + map
+                .iter()
+                .map(|(k, v)| 32 + k.len() + approximate_size(v))
+                .sum::<usize>()
+        }
+        _ => 16,
+    }
+}
+
+impl Fold {
+    /// A fold of `members` under an error policy.
+    pub fn new(members: Vec<Member>, policy: ErrorPolicy) -> Self {
+        Fold {
+            members,
+            dirty: HashMap::new(),
+            dead_letters: Vec::new(),
+            dirty_bytes: 0,
+            policy,
+        }
+    }
+
+    /// Estimated bytes of dirty state.
+    pub fn dirty_bytes(&self) -> usize {
+        self.dirty_bytes
+    }
+
+    /// Takes the dirty states out, leaving the fold empty of them.
+    pub fn take_dirty(&mut self) -> HashMap<(usize, String), Dirty> {
+        self.dirty_bytes = 0;
+        std::mem::take(&mut self.dirty)
+    }
+
+    fn current(
+        &self,
+        member: usize,
+        key: &str,
+        load: &Loader<'_>,
+    ) -> Result<Option<Value>, crate::readmodel::ReadModelError> {
+        if let Some(dirty) = self.dirty.get(&(member, key.to_string())) {
+            return Ok(dirty.state.clone());
+        }
+        let stored = load(member, key)?;
+        Ok(match self.members[member].projection.kind() {
+            ProjectionKind::Snapshot => stored.and_then(|row| row.get("state").cloned()),
+            ProjectionKind::Table => stored,
+        })
+    }
+
+    /// Applies one event to every member that wants it; `only` filters members (partitions).
+    pub fn apply(
+        &mut self,
+        event: &Event,
+        load: &Loader<'_>,
+        only: &dyn Fn(usize, &Event) -> bool,
+    ) -> Result<(), FoldError> {
+        let position = event.position.unwrap_or_default();
+        let mut data: Option<Value> = None;
+        let mut changes = Vec::new();
+        for member in 0..self.members.len() {
+            let m = &self.members[member];
+            if m.checkpoint.position.is_some_and(|p| position <= p)
+                || !m.projection.handles(event)
+                || !only(member, event)
+            {
+                continue;
+            }
+            if data.is_none() {
+                let parsed = event
+                    .data
+                    .to_value()
+                    .map_err(|e| self.failure(member, event, Box::new(e)))?;
+                data = Some(parsed);
+            }
+            let data = data.as_ref().expect("parsed above");
+            match self.stage(member, event, data, load) {
+                Ok(staged) => changes.push((member, staged)),
+                // Under `stop` this returns before any member's change is merged.
+                Err(source) => self.fail(member, event, source)?,
+            }
+        }
+        for (member, staged) in changes {
+            for (key, state) in staged {
+                let size = 64 + key.len() + state.as_ref().map_or(0, approximate_size);
+                let old = self.dirty.insert(
+                    (member, key),
+                    Dirty {
+                        state,
+                        revision: event.revision,
+                        size,
+                    },
+                );
+                self.dirty_bytes = self.dirty_bytes + size - old.map_or(0, |d| d.size);
+            }
+            self.members[member].checkpoint.events += 1;
+        }
+        Ok(())
+    }
+
+    /// Marks every member as having seen the event at `position` (after all its outputs).
+    pub fn advance(&mut self, position: Option<u64>) {
+        for member in &mut self.members {
+            if position > member.checkpoint.position {
+                member.checkpoint.position = position;
+            }
+        }
+    }
+
+    /// One member's change for one event, computed without touching the fold.
+    fn stage(
+        &self,
+        member: usize,
+        event: &Event,
+        data: &Value,
+        load: &Loader<'_>,
+    ) -> Result<Vec<(String, Option<Value>)>, crate::upcast::BoxError> {
+        let projection = &self.members[member].projection;
+        let mut staged: Vec<(String, Option<Value>)> = Vec::new();
+        for key in projection.keys(event, data)? {
+            let mut state = match staged.iter().find(|(k, _)| *k == key) {
+                Some((_, state)) => state.clone(),
+                None => self.current(member, &key, load)?,
+            }
+            .unwrap_or_else(|| projection.initial());
+            let outcome = projection.apply(&key, &mut state, event, data)?;
+            let value = (outcome == Outcome::Keep).then_some(state);
+            staged.retain(|(k, _)| *k != key);
+            staged.push((key, value));
+        }
+        Ok(staged)
+    }
+
+    fn failure(&self, member: usize, event: &Event, source: crate::upcast::BoxError) -> FoldError {
+        let projection = &self.members[member].projection;
+        FoldError {
+            projection: projection.name().to_string(),
+            origin: projection.origin().to_string(),
+            event_id: event.id,
+            event_type: event.event_type.clone(),
+            version: event.version,
+            stream: event.stream.clone(),
+            position: event.position.unwrap_or_default(),
+            source,
+        }
+    }
+
+    fn fail(
+        &mut self,
+        member: usize,
+        event: &Event,
+        source: crate::upcast::BoxError,
+    ) -> Result<(), FoldError> {
+        let error = self.failure(member, event, source);
+        if self.policy == ErrorPolicy::Stop {
+            return Err(error);
+        }
+        let message = crate::error::chain(&error);
+        let checkpoint = &mut self.members[member].checkpoint;
+        checkpoint.last_error = Some(message.clone());
+        if self.policy == ErrorPolicy::DeadLetter {
+            checkpoint.dead_lettered += 1;
+            let letter = DeadLetter {
+                event: serde_json::to_value(event).unwrap_or(Value::Null),
+                error: message,
+            };
+            self.dead_letters.push((member, error.position, letter));
+        } else {
+            checkpoint.skipped += 1;
+        }
+        Ok(())
+    }
+}

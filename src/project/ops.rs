@@ -1,0 +1,394 @@
+//! The operations of declarative projection files and the values they read.
+//!
+//! A [`ValueSource`] is where an op's value comes from: `from = "/pointer"` (the event's data),
+//! `from = "$stream"` (an envelope field: `$stream`, `$category`, `$revision`, `$position`,
+//! `$id`, `$type`, `$version`, `$recorded_at`), or `value = <literal>`. A [`ProjectionOp`]
+//! changes one state (a snapshot, or a table row): `set`, `add` (numbers), `append` (to a list),
+//! `remove` (fields), `delete` (the whole state or row), and `jq`, which maps
+//! `{"state": ..., "event": {...envelope, "data": ...}}` to the new state.
+
+use crate::event::Event;
+use crate::upcast::jq::{JqError, JqFilter};
+use crate::upcast::pointer::{type_name, Pointer, PointerError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Errors of an op on one event.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectOpError {
+    /// A pointer into the state that cannot be written.
+    #[error(transparent)]
+    Pointer(#[from] PointerError),
+    /// The value the op reads is absent from the event.
+    #[error("{source_name}: the event has no such field")]
+    Missing { source_name: String },
+    /// Adding to something that is not a number, or appending to something not a list.
+    #[error("{pointer}: cannot {op} {value_type} to {target_type}")]
+    TypeClash {
+        pointer: String,
+        op: &'static str,
+        value_type: &'static str,
+        target_type: &'static str,
+    },
+    /// The jq escape hatch failed.
+    #[error(transparent)]
+    Jq(#[from] JqError),
+    /// An envelope reference that does not exist.
+    #[error("{0:?} is not an envelope field; use $stream, $category, $revision, $position, $id, $type, $version or $recorded_at")]
+    UnknownEnvelopeField(String),
+    /// An event whose payload is not valid JSON.
+    #[error("the event's data is not valid JSON")]
+    Payload(#[source] serde_json::Error),
+}
+
+/// Where a value comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ValueSource {
+    /// A pointer into data (`/x`) or an envelope field (`$stream`).
+    From { from: String },
+    /// A literal.
+    Literal { value: Value },
+}
+
+impl ValueSource {
+    /// Checks the reference when a file loads.
+    pub fn check(&self) -> Result<(), ProjectOpError> {
+        match self {
+            ValueSource::From { from } if from.starts_with('$') => {
+                envelope_field(from, None).map(|_| ())
+            }
+            ValueSource::From { from } => Pointer::parse(from).map(|_| ()).map_err(Into::into),
+            ValueSource::Literal { .. } => Ok(()),
+        }
+    }
+
+    /// The value for one event; `None` when the event lacks it.
+    pub fn read(&self, event: &Event, data: &Value) -> Result<Option<Value>, ProjectOpError> {
+        match self {
+            ValueSource::Literal { value } => Ok(Some(value.clone())),
+            ValueSource::From { from } if from.starts_with('$') => {
+                envelope_field(from, Some(event))
+            }
+            ValueSource::From { from } => Ok(Pointer::parse(from)?.get(data).cloned()),
+        }
+    }
+
+    /// Like [`read`](Self::read), but a missing value is an error naming it.
+    pub fn require(&self, event: &Event, data: &Value) -> Result<Value, ProjectOpError> {
+        self.read(event, data)?
+            .ok_or_else(|| ProjectOpError::Missing {
+                source_name: self.name(),
+            })
+    }
+
+    /// How the source is written in files.
+    pub fn name(&self) -> String {
+        match self {
+            ValueSource::From { from } => from.clone(),
+            ValueSource::Literal { value } => value.to_string(),
+        }
+    }
+}
+
+fn envelope_field(name: &str, event: Option<&Event>) -> Result<Option<Value>, ProjectOpError> {
+    let known = [
+        "$stream",
+        "$category",
+        "$revision",
+        "$position",
+        "$id",
+        "$type",
+        "$version",
+        "$recorded_at",
+    ];
+    if !known.contains(&name) {
+        return Err(ProjectOpError::UnknownEnvelopeField(name.to_string()));
+    }
+    let Some(e) = event else { return Ok(None) };
+    Ok(match name {
+        "$stream" => Some(Value::from(e.stream.clone())),
+        "$category" => Some(Value::from(e.category())),
+        "$revision" => Some(Value::from(e.revision)),
+        "$position" => e.position.map(Value::from),
+        "$id" => Some(Value::from(e.id.to_string())),
+        "$type" => Some(Value::from(e.event_type.clone())),
+        "$version" => Some(Value::from(e.version)),
+        _ => e.recorded_at.clone().map(Value::from),
+    })
+}
+
+/// A path in the state plus a value source. (serde cannot refuse unknown keys next to a
+/// flattened field; a table with neither `from` nor `value` is still refused.)
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PathSource {
+    pub path: Pointer,
+    #[serde(flatten)]
+    pub source: ValueSource,
+}
+
+/// One op of a projection handler.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectionOp {
+    /// Sets a state field.
+    Set(PathSource),
+    /// Adds a number to a state field (absent counts as 0).
+    Add(PathSource),
+    /// Appends to a list in the state (absent is an empty list).
+    Append(PathSource),
+    /// Removes state fields.
+    Remove(Vec<Pointer>),
+    /// Deletes the whole state or row (`delete = true`).
+    Delete(bool),
+    /// Replaces the state with a jq filter's output.
+    Jq(String),
+}
+
+impl ProjectionOp {
+    /// The op's name in files.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProjectionOp::Set(_) => "set",
+            ProjectionOp::Add(_) => "add",
+            ProjectionOp::Append(_) => "append",
+            ProjectionOp::Remove(_) => "remove",
+            ProjectionOp::Delete(_) => "delete",
+            ProjectionOp::Jq(_) => "jq",
+        }
+    }
+}
+
+/// What an op leaves behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The state stays (changed or not).
+    Keep,
+    /// The state or row is deleted.
+    Delete,
+}
+
+/// An op ready to run.
+#[derive(Debug)]
+pub struct CompiledProjectionOp {
+    op: ProjectionOp,
+    jq: Option<JqFilter>,
+}
+
+impl CompiledProjectionOp {
+    /// Checks sources and compiles jq.
+    pub fn compile(op: ProjectionOp) -> Result<Self, ProjectOpError> {
+        let jq = match &op {
+            ProjectionOp::Jq(text) => Some(JqFilter::compile(text)?),
+            ProjectionOp::Set(p) | ProjectionOp::Add(p) | ProjectionOp::Append(p) => {
+                p.source.check()?;
+                None
+            }
+            _ => None,
+        };
+        Ok(CompiledProjectionOp { op, jq })
+    }
+
+    /// The op as written.
+    pub fn op(&self) -> &ProjectionOp {
+        &self.op
+    }
+
+    /// Applies the op to `state` for `event` (whose parsed data is `data`).
+    pub fn apply(
+        &self,
+        state: &mut Value,
+        event: &Event,
+        data: &Value,
+    ) -> Result<Outcome, ProjectOpError> {
+        match &self.op {
+            ProjectionOp::Set(p) => p.path.set(state, p.source.require(event, data)?)?,
+            ProjectionOp::Add(p) => add(state, p, event, data)?,
+            ProjectionOp::Append(p) => append(state, p, event, data)?,
+            ProjectionOp::Remove(pointers) => {
+                for pointer in pointers {
+                    pointer.take(state);
+                }
+            }
+            ProjectionOp::Delete(true) => return Ok(Outcome::Delete),
+            ProjectionOp::Delete(false) => {}
+            ProjectionOp::Jq(_) => {
+                let filter = self
+                    .jq
+                    .as_ref()
+                    .expect("jq ops are compiled with their filter");
+                let input = serde_json::json!({
+                    "state": state,
+                    "event": {
+                        "stream": event.stream, "revision": event.revision, "position": event.position,
+                        "id": event.id, "type": event.event_type, "version": event.version,
+                        "data": data, "recorded_at": event.recorded_at,
+                    }
+                });
+                *state = filter.run(&input)?;
+            }
+        }
+        Ok(Outcome::Keep)
+    }
+}
+
+fn add(
+    state: &mut Value,
+    p: &PathSource,
+    event: &Event,
+    data: &Value,
+) -> Result<(), ProjectOpError> {
+    let value = p.source.require(event, data)?;
+    let current = p.path.get(state).cloned().unwrap_or(Value::from(0));
+    let clash = |target: &Value| ProjectOpError::TypeClash {
+        pointer: p.path.to_string(),
+        op: "add",
+        value_type: type_name(&value),
+        target_type: type_name(target),
+    };
+    let sum = match (&current, &value) {
+        (Value::Number(a), Value::Number(b)) => match (a.as_i64(), b.as_i64()) {
+            (Some(a), Some(b)) => a.checked_add(b).map(Value::from),
+            _ => None,
+        }
+        .unwrap_or_else(|| {
+            Value::from(a.as_f64().unwrap_or_default() + b.as_f64().unwrap_or_default())
+        }),
+        (Value::Number(_), _) => return Err(clash(&current)),
+        _ => return Err(clash(&current)),
+    };
+    p.path.set(state, sum)?;
+    Ok(())
+}
+
+fn append(
+    state: &mut Value,
+    p: &PathSource,
+    event: &Event,
+    data: &Value,
+) -> Result<(), ProjectOpError> {
+    let value = p.source.require(event, data)?;
+    match p.path.get(state) {
+        None | Some(Value::Null) => p.path.set(state, Value::Array(vec![value]))?,
+        Some(Value::Array(_)) => {
+            let mut list = p.path.take(state).unwrap_or_default();
+            if let Value::Array(items) = &mut list {
+                items.push(value);
+            }
+            p.path.set(state, list)?;
+        }
+        Some(other) => {
+            return Err(ProjectOpError::TypeClash {
+                pointer: p.path.to_string(),
+                op: "append",
+                value_type: type_name(&value),
+                target_type: type_name(other),
+            })
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event() -> Event {
+        serde_json::from_str(r#"{"stream":"order-7","revision":2,"position":9,"id":"6f1c7a52-5d1e-4a47-9a37-1b9e3f0e8a11","type":"LineItemAdded","version":3,"data":{"sku":"apple","quantity":2,"name":"x"}}"#).unwrap()
+    }
+
+    fn run(op: &str, mut state: Value) -> Result<(Value, Outcome), ProjectOpError> {
+        #[derive(Deserialize)]
+        struct One {
+            op: ProjectionOp,
+        }
+        let one: One = toml::from_str(&format!("op = {op}")).expect("op parses");
+        let e = event();
+        let data = e.data.to_value().unwrap();
+        let outcome = CompiledProjectionOp::compile(one.op)?.apply(&mut state, &e, &data)?;
+        Ok((state, outcome))
+    }
+
+    #[test]
+    fn set_add_append_remove_delete() {
+        assert_eq!(
+            run(r#"{ set = { path = "/s", from = "$stream" } }"#, json!({}))
+                .unwrap()
+                .0,
+            json!({"s": "order-7"})
+        );
+        assert_eq!(
+            run(
+                r#"{ add = { path = "/n", from = "/quantity" } }"#,
+                json!({"n": 3})
+            )
+            .unwrap()
+            .0,
+            json!({"n": 5})
+        );
+        assert_eq!(
+            run(r#"{ add = { path = "/n", value = 1.5 } }"#, json!({}))
+                .unwrap()
+                .0,
+            json!({"n": 1.5})
+        );
+        assert_eq!(
+            run(
+                r#"{ append = { path = "/skus", from = "/sku" } }"#,
+                json!({"skus": ["pear"]})
+            )
+            .unwrap()
+            .0,
+            json!({"skus": ["pear", "apple"]})
+        );
+        assert_eq!(
+            run(r#"{ remove = ["/a"] }"#, json!({"a": 1, "b": 2}))
+                .unwrap()
+                .0,
+            json!({"b": 2})
+        );
+        assert_eq!(
+            run(r#"{ delete = true }"#, json!({})).unwrap().1,
+            Outcome::Delete
+        );
+        assert_eq!(
+            run(
+                r#"{ set = { path = "/r", from = "$revision" } }"#,
+                json!({})
+            )
+            .unwrap()
+            .0,
+            json!({"r": 2})
+        );
+    }
+
+    #[test]
+    fn type_clashes_and_missing_fields_are_errors() {
+        let clash = run(
+            r#"{ add = { path = "/n", from = "/quantity" } }"#,
+            json!({"n": "three"}),
+        )
+        .unwrap_err();
+        assert_eq!(clash.to_string(), "/n: cannot add number to string");
+        let missing = run(r#"{ set = { path = "/x", from = "/nope" } }"#, json!({})).unwrap_err();
+        assert!(matches!(missing, ProjectOpError::Missing { .. }));
+        let envelope = run(r#"{ set = { path = "/x", from = "$nope" } }"#, json!({})).unwrap_err();
+        assert!(matches!(envelope, ProjectOpError::UnknownEnvelopeField(_)));
+        let bad_pointer =
+            toml::from_str::<toml::Table>("op = { set = { path = \"x\", value = 1 } }")
+                .ok()
+                .and_then(|t| t["op"].clone().try_into::<ProjectionOp>().ok());
+        assert!(bad_pointer.is_none(), "a pointer without '/' must not load");
+    }
+
+    #[test]
+    fn jq_sees_state_and_event() {
+        let (state, _) = run(
+            r#"{ jq = ".state.total = (.state.total + .event.data.quantity) | .state" }"#,
+            json!({"total": 1}),
+        )
+        .unwrap();
+        assert_eq!(state, json!({"total": 3}));
+    }
+}

@@ -1,0 +1,424 @@
+//! The embedded read-model store on sled (`--readmodels sled:PATH`).
+//!
+//! One sled tree, under one-byte key prefixes (projection names are `[a-z0-9_]`, so the `0x00`
+//! separator cannot occur in them):
+//! - `m` + name -> [`ProjectionMeta`];
+//! - `c` + name + `0x00` + generation (u32 BE) + partition (u32 BE) -> [`PartCheckpoint`];
+//! - `r` + name + `0x00` + generation (u32 BE) + key -> the row (a snapshot row is
+//!   `{"revision": r, "state": {...}}`);
+//! - `d` + name + `0x00` + generation (u32 BE) + position (u64 BE) + sequence -> [`DeadLetter`].
+//!
+//! [`SledReadModels::commit`] applies a [`Window`] (rows, checkpoints, dead letters) as one
+//! atomic sled batch and flushes it, so a kill -9 leaves either the whole window or none of it.
+//! sled locks the folder: a second rebuilder (or any second process) is refused.
+
+use super::{DeadLetter, PartCheckpoint, PartId, ProjectionMeta, ReadModelError, Window};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// The sled read-model store.
+pub struct SledReadModels {
+    path: PathBuf,
+    db: ::sled::Db,
+    tree: ::sled::Tree,
+}
+
+fn prefix(kind: u8, name: &str, generation: Option<u32>) -> Vec<u8> {
+    let mut key = Vec::with_capacity(name.len() + 16);
+    key.push(kind);
+    key.extend_from_slice(name.as_bytes());
+    key.push(0);
+    if let Some(generation) = generation {
+        key.extend_from_slice(&generation.to_be_bytes());
+    }
+    key
+}
+
+fn meta_key(name: &str) -> Vec<u8> {
+    let mut key = vec![b'm'];
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+fn checkpoint_key(part: &PartId) -> Vec<u8> {
+    let mut key = prefix(b'c', &part.projection, Some(part.generation));
+    key.extend_from_slice(&part.partition.to_be_bytes());
+    key
+}
+
+fn row_key(name: &str, generation: u32, row: &str) -> Vec<u8> {
+    let mut key = prefix(b'r', name, Some(generation));
+    key.extend_from_slice(row.as_bytes());
+    key
+}
+
+impl SledReadModels {
+    /// Opens (or creates) the store in the folder `path`.
+    pub fn open(path: &Path) -> Result<Self, ReadModelError> {
+        let db = ::sled::open(path).map_err(|source| match &source {
+            ::sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                ReadModelError::Locked {
+                    path: path.to_path_buf(),
+                }
+            }
+            _ => ReadModelError::Sled {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+        let tree = db
+            .open_tree("readmodels")
+            .map_err(|source| ReadModelError::Sled {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(SledReadModels {
+            path: path.to_path_buf(),
+            db,
+            tree,
+        })
+    }
+
+    /// Parses `sled:PATH`.
+    pub fn open_location(location: &str) -> Result<Self, ReadModelError> {
+        match location.strip_prefix("sled:").filter(|p| !p.is_empty()) {
+            Some(path) => Self::open(Path::new(path)),
+            None => Err(ReadModelError::BadLocation(location.to_string())),
+        }
+    }
+
+    /// `sled:PATH`.
+    pub fn describe(&self) -> String {
+        format!("sled:{}", self.path.display())
+    }
+
+    fn sled_error(&self, source: ::sled::Error) -> ReadModelError {
+        ReadModelError::Sled {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn decode<T: DeserializeOwned>(&self, key: &[u8], bytes: &[u8]) -> Result<T, ReadModelError> {
+        serde_json::from_slice(bytes).map_err(|source| ReadModelError::Corrupt {
+            path: self.path.clone(),
+            key: String::from_utf8_lossy(key).into_owned(),
+            source,
+        })
+    }
+
+    fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, ReadModelError> {
+        match self.tree.get(key).map_err(|e| self.sled_error(e))? {
+            Some(bytes) => self.decode(key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn put(&self, key: &[u8], value: &impl serde::Serialize) -> Result<(), ReadModelError> {
+        let bytes = serde_json::to_vec(value).expect("read-model records serialize");
+        self.tree
+            .insert(key, bytes)
+            .map_err(|e| self.sled_error(e))?;
+        self.db.flush().map_err(|e| self.sled_error(e))?;
+        Ok(())
+    }
+
+    /// Names of every projection the store knows.
+    pub fn projections(&self) -> Result<Vec<String>, ReadModelError> {
+        self.tree
+            .scan_prefix(b"m")
+            .keys()
+            .map(|k| {
+                k.map(|k| String::from_utf8_lossy(&k[1..]).into_owned())
+                    .map_err(|e| self.sled_error(e))
+            })
+            .collect()
+    }
+
+    /// What the store knows of a projection (empty when nothing).
+    pub fn meta(&self, name: &str) -> Result<ProjectionMeta, ReadModelError> {
+        Ok(self.get(&meta_key(name))?.unwrap_or_default())
+    }
+
+    /// Saves a projection's meta record durably.
+    pub fn save_meta(&self, name: &str, meta: &ProjectionMeta) -> Result<(), ReadModelError> {
+        self.put(&meta_key(name), meta)
+    }
+
+    /// The checkpoint of a part.
+    pub fn checkpoint(&self, part: &PartId) -> Result<Option<PartCheckpoint>, ReadModelError> {
+        self.get(&checkpoint_key(part))
+    }
+
+    /// The checkpoints of every partition of a generation.
+    pub fn checkpoints(
+        &self,
+        name: &str,
+        generation: u32,
+    ) -> Result<Vec<PartCheckpoint>, ReadModelError> {
+        self.tree
+            .scan_prefix(prefix(b'c', name, Some(generation)))
+            .map(|item| {
+                let (key, value) = item.map_err(|e| self.sled_error(e))?;
+                self.decode(&key, &value)
+            })
+            .collect()
+    }
+
+    /// One stored row of a generation.
+    pub fn row(
+        &self,
+        name: &str,
+        generation: u32,
+        key: &str,
+    ) -> Result<Option<Value>, ReadModelError> {
+        self.get(&row_key(name, generation, key))
+    }
+
+    /// Every row of a generation, in key order.
+    pub fn rows<'a>(
+        &'a self,
+        name: &str,
+        generation: u32,
+    ) -> impl Iterator<Item = Result<(String, Value), ReadModelError>> + 'a {
+        let start = prefix(b'r', name, Some(generation)).len();
+        self.tree
+            .scan_prefix(prefix(b'r', name, Some(generation)))
+            .map(move |item| {
+                let (key, value) = item.map_err(|e| self.sled_error(e))?;
+                Ok((
+                    String::from_utf8_lossy(&key[start..]).into_owned(),
+                    self.decode(&key, &value)?,
+                ))
+            })
+    }
+
+    /// The dead letters of a generation.
+    pub fn dead_letters(
+        &self,
+        name: &str,
+        generation: u32,
+    ) -> Result<Vec<DeadLetter>, ReadModelError> {
+        self.tree
+            .scan_prefix(prefix(b'd', name, Some(generation)))
+            .map(|item| {
+                let (key, value) = item.map_err(|e| self.sled_error(e))?;
+                self.decode(&key, &value)
+            })
+            .collect()
+    }
+
+    /// Applies a window atomically and durably.
+    pub fn commit(&self, window: Window) -> Result<(), ReadModelError> {
+        let mut batch = ::sled::Batch::default();
+        for row in window.rows {
+            let key = row_key(&row.projection, row.generation, &row.key);
+            match row.value {
+                Some(value) => {
+                    batch.insert(key, serde_json::to_vec(&value).expect("rows serialize"))
+                }
+                None => batch.remove(key),
+            }
+        }
+        for (index, (part, position, letter)) in window.dead_letters.into_iter().enumerate() {
+            let mut key = prefix(b'd', &part.projection, Some(part.generation));
+            key.extend_from_slice(&position.to_be_bytes());
+            key.extend_from_slice(&(index as u32).to_be_bytes());
+            batch.insert(
+                key,
+                serde_json::to_vec(&letter).expect("dead letters serialize"),
+            );
+        }
+        for (part, checkpoint) in window.checkpoints {
+            batch.insert(
+                checkpoint_key(&part),
+                serde_json::to_vec(&checkpoint).expect("checkpoints serialize"),
+            );
+        }
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| self.sled_error(e))?;
+        self.db.flush().map_err(|e| self.sled_error(e))?;
+        Ok(())
+    }
+
+    /// Makes the newest finished generation live; the live one becomes the rollback target.
+    pub fn swap(&self, name: &str) -> Result<u32, ReadModelError> {
+        let mut meta = self.known(name)?;
+        let live = meta.live.unwrap_or(0);
+        let next = meta
+            .generations
+            .iter()
+            .rev()
+            .find(|(g, gen)| **g > live && gen.complete)
+            .map(|(g, _)| *g);
+        let next = next.ok_or_else(|| ReadModelError::NothingBuilt {
+            name: name.to_string(),
+        })?;
+        if let Some(live) = meta.live {
+            meta.previous.push(live);
+        }
+        meta.live = Some(next);
+        self.save_meta(name, &meta)?;
+        Ok(next)
+    }
+
+    /// Makes the previous live generation live again.
+    pub fn rollback(&self, name: &str) -> Result<u32, ReadModelError> {
+        let mut meta = self.known(name)?;
+        let previous = meta
+            .previous
+            .pop()
+            .ok_or_else(|| ReadModelError::NoPrevious {
+                name: name.to_string(),
+            })?;
+        meta.live = Some(previous);
+        self.save_meta(name, &meta)?;
+        Ok(previous)
+    }
+
+    /// Drops every generation but the live one and any newer one still being built.
+    pub fn prune(&self, name: &str) -> Result<Vec<u32>, ReadModelError> {
+        let mut meta = self.known(name)?;
+        let live = meta.live.unwrap_or(0);
+        let dropped: Vec<u32> = meta
+            .generations
+            .iter()
+            .filter(|(g, gen)| **g != live && (**g < live || gen.complete))
+            .map(|(g, _)| *g)
+            .collect();
+        for generation in &dropped {
+            let mut batch = ::sled::Batch::default();
+            for kind in [b'r', b'c', b'd'] {
+                for key in self
+                    .tree
+                    .scan_prefix(prefix(kind, name, Some(*generation)))
+                    .keys()
+                {
+                    batch.remove(key.map_err(|e| self.sled_error(e))?);
+                }
+            }
+            self.tree
+                .apply_batch(batch)
+                .map_err(|e| self.sled_error(e))?;
+            meta.generations.remove(generation);
+        }
+        meta.previous.clear();
+        self.save_meta(name, &meta)?;
+        Ok(dropped)
+    }
+
+    fn known(&self, name: &str) -> Result<ProjectionMeta, ReadModelError> {
+        self.get(&meta_key(name))?
+            .ok_or_else(|| ReadModelError::UnknownProjection {
+                name: name.to_string(),
+            })
+    }
+
+    /// A canonical digest of the live generation: SHA-256 over key and row, in key order.
+    pub fn digest(&self, name: &str) -> Result<(String, u64), ReadModelError> {
+        let meta = self.known(name)?;
+        let live = meta.live.ok_or_else(|| ReadModelError::NothingBuilt {
+            name: name.to_string(),
+        })?;
+        let mut hasher = Sha256::new();
+        let mut count = 0;
+        let mut line = String::new();
+        for row in self.rows(name, live) {
+            let (key, value) = row?;
+            line.clear();
+            crate::event::canonical_json(&Value::String(key), &mut line);
+            line.push('\t');
+            crate::event::canonical_json(&value, &mut line);
+            line.push('\n');
+            hasher.update(line.as_bytes());
+            count += 1;
+        }
+        Ok((format!("sha256:{}", hex::encode(hasher.finalize())), count))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::project::ProjectionKind;
+    use crate::readmodel::{Generation, RowWrite};
+    use serde_json::json;
+
+    fn generation(complete: bool) -> Generation {
+        Generation {
+            definition_version: 1,
+            definition_checksum: "d".into(),
+            upcaster_checksum: "u".into(),
+            kind: ProjectionKind::Table,
+            partitions: 1,
+            source: "s".into(),
+            complete,
+        }
+    }
+
+    fn write(store: &SledReadModels, generation: u32, key: &str, value: Value) {
+        let part = PartId {
+            projection: "p".into(),
+            generation,
+            partition: 0,
+        };
+        let checkpoint = PartCheckpoint {
+            position: Some(7),
+            events: 1,
+            ..Default::default()
+        };
+        store
+            .commit(Window {
+                rows: vec![RowWrite {
+                    projection: "p".into(),
+                    generation,
+                    key: key.into(),
+                    value: Some(value),
+                }],
+                checkpoints: vec![(part, checkpoint)],
+                dead_letters: vec![],
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn swap_rollback_prune_and_their_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledReadModels::open(dir.path()).unwrap();
+        assert!(matches!(
+            store.swap("p"),
+            Err(ReadModelError::UnknownProjection { .. })
+        ));
+        let mut meta = ProjectionMeta::default();
+        meta.generations.insert(1, generation(false));
+        store.save_meta("p", &meta).unwrap();
+        assert!(matches!(
+            store.swap("p"),
+            Err(ReadModelError::NothingBuilt { .. })
+        ));
+        write(&store, 1, "a", json!({"n": 1}));
+        meta.generations.insert(1, generation(true));
+        store.save_meta("p", &meta).unwrap();
+        assert_eq!(store.swap("p").unwrap(), 1);
+        assert!(matches!(
+            store.rollback("p"),
+            Err(ReadModelError::NoPrevious { .. })
+        ));
+        write(&store, 2, "a", json!({"n": 2}));
+        meta = store.meta("p").unwrap();
+        meta.generations.insert(2, generation(true));
+        store.save_meta("p", &meta).unwrap();
+        let before = store.digest("p").unwrap();
+        assert_eq!(store.swap("p").unwrap(), 2);
+        assert_ne!(store.digest("p").unwrap(), before);
+        assert_eq!(store.rollback("p").unwrap(), 1);
+        assert_eq!(store.digest("p").unwrap(), before);
+        store.swap("p").unwrap();
+        assert_eq!(store.prune("p").unwrap(), vec![1]);
+        assert_eq!(store.rows("p", 1).count(), 0);
+        assert_eq!(store.checkpoints("p", 2).unwrap()[0].position, Some(7));
+    }
+}
