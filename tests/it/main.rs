@@ -4,6 +4,7 @@ mod bad_input;
 mod cli;
 mod kill_resume;
 mod laws;
+mod rebuild;
 
 use assert_cmd::Command;
 use std::path::{Path, PathBuf};
