@@ -76,13 +76,14 @@ impl CheckpointStore {
             path: path.to_path_buf(),
             source,
         };
-        let db = sled::open(path).map_err(|source| match &source {
-            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+        let db = crate::store::sled_store::open_db(path).map_err(|source| {
+            if crate::store::sled_store::is_lock_error(&source) {
                 CheckpointError::Locked {
                     path: path.to_path_buf(),
                 }
+            } else {
+                sled_error(source)
             }
-            _ => sled_error(source),
         })?;
         let tree = db.open_tree("checkpoints").map_err(sled_error)?;
         Ok(CheckpointStore {

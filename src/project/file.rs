@@ -407,7 +407,7 @@ mod tests {
 
     #[test]
     fn bad_files_say_what_is_wrong() {
-        let err = |text: &str| parse(text).err().expect("should not load").to_string();
+        let err = |text: &str| crate::error::chain(&parse(text).err().expect("should not load"));
         assert!(
             err(&TABLE.replace("add =", "frobnicate =")).contains("unknown variant `frobnicate`")
         );

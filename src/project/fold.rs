@@ -124,7 +124,7 @@ impl Fold {
         event: &Event,
         load: &Loader<'_>,
         only: &dyn Fn(usize, &Event) -> bool,
-    ) -> Result<(), FoldError> {
+    ) -> Result<(), Box<FoldError>> {
         let position = event.position.unwrap_or_default();
         let mut data: Option<Value> = None;
         let mut changes = Vec::new();
@@ -201,9 +201,14 @@ impl Fold {
         Ok(staged)
     }
 
-    fn failure(&self, member: usize, event: &Event, source: crate::upcast::BoxError) -> FoldError {
+    fn failure(
+        &self,
+        member: usize,
+        event: &Event,
+        source: crate::upcast::BoxError,
+    ) -> Box<FoldError> {
         let projection = &self.members[member].projection;
-        FoldError {
+        Box::new(FoldError {
             projection: projection.name().to_string(),
             origin: projection.origin().to_string(),
             event_id: event.id,
@@ -212,7 +217,7 @@ impl Fold {
             stream: event.stream.clone(),
             position: event.position.unwrap_or_default(),
             source,
-        }
+        })
     }
 
     fn fail(
@@ -220,7 +225,7 @@ impl Fold {
         member: usize,
         event: &Event,
         source: crate::upcast::BoxError,
-    ) -> Result<(), FoldError> {
+    ) -> Result<(), Box<FoldError>> {
         let error = self.failure(member, event, source);
         if self.policy == ErrorPolicy::Stop {
             return Err(error);
@@ -239,5 +244,88 @@ impl Fold {
             checkpoint.skipped += 1;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::project::file::FileProjection;
+    use serde_json::json;
+    use std::path::Path;
+
+    fn member(text: &str) -> Member {
+        Member {
+            projection: Arc::new(FileProjection::parse(Path::new("p.toml"), text).unwrap()),
+            checkpoint: PartCheckpoint::default(),
+        }
+    }
+
+    fn event(position: u64, event_type: &str, data: &str) -> Event {
+        serde_json::from_str(&format!(r#"{{"stream":"s-1","revision":{position},"position":{position},"id":"6f1c7a52-5d1e-4a47-9a37-1b9e3f0e8a11","type":"{event_type}","data":{data}}}"#)).unwrap()
+    }
+
+    const COUNTER: &str = "name = \"counter\"\nversion = 1\nkind = \"snapshot\"\ninitial = { n = 0 }\n[[on]]\ntype = \"Add\"\nops = [{ add = { path = \"/n\", from = \"/by\" } }]\n[[on]]\ntype = \"Gone\"\nops = [{ delete = true }]\n";
+    const OTHER: &str = "name = \"other\"\nversion = 1\nkind = \"snapshot\"\n[[on]]\ntype = \"Add\"\nops = [{ set = { path = \"/seen\", value = true } }]\n";
+
+    fn apply(fold: &mut Fold, e: &Event) -> Result<(), Box<FoldError>> {
+        let result = fold.apply(e, &|_, _| Ok(None), &|_, _| true);
+        fold.advance(e.position);
+        result
+    }
+
+    #[test]
+    fn a_failing_event_leaves_nothing_of_itself_under_stop() {
+        // "other" comes first and would succeed; "counter" fails; neither change may stay.
+        let mut fold = Fold::new(vec![member(OTHER), member(COUNTER)], ErrorPolicy::Stop);
+        apply(&mut fold, &event(0, "Add", r#"{"by": 2}"#)).unwrap();
+        let before = fold
+            .dirty
+            .clone()
+            .into_iter()
+            .map(|(k, d)| (k, d.state))
+            .collect::<HashMap<_, _>>();
+        let err = fold
+            .apply(
+                &event(1, "Add", r#"{"by": "x"}"#),
+                &|_, _| Ok(None),
+                &|_, _| true,
+            )
+            .unwrap_err();
+        assert!(
+            crate::error::chain(&err).contains("cannot add string to number"),
+            "{}",
+            crate::error::chain(&err)
+        );
+        let after = fold
+            .dirty
+            .clone()
+            .into_iter()
+            .map(|(k, d)| (k, d.state))
+            .collect::<HashMap<_, _>>();
+        assert_eq!(before, after);
+        assert_eq!(fold.members[1].checkpoint.events, 1);
+    }
+
+    #[test]
+    fn skip_counts_and_delete_removes() {
+        let mut fold = Fold::new(vec![member(COUNTER)], ErrorPolicy::Skip);
+        apply(&mut fold, &event(0, "Add", r#"{"by": 2}"#)).unwrap();
+        apply(&mut fold, &event(1, "Add", r#"{}"#)).unwrap();
+        apply(&mut fold, &event(2, "Add", r#"{"by": 3}"#)).unwrap();
+        let key = (0, "s-1".to_string());
+        assert_eq!(fold.dirty[&key].state, Some(json!({"n": 5})));
+        assert_eq!(
+            (
+                fold.members[0].checkpoint.skipped,
+                fold.members[0].checkpoint.position
+            ),
+            (1, Some(2))
+        );
+        apply(&mut fold, &event(3, "Gone", "{}")).unwrap();
+        assert_eq!(fold.dirty[&key].state, None);
+        assert!(fold.dirty_bytes() > 0);
+        fold.take_dirty();
+        assert_eq!(fold.dirty_bytes(), 0);
     }
 }

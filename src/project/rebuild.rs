@@ -42,7 +42,7 @@ pub enum RebuildError {
     Upcast(#[from] UpcastError),
     /// A projection failed on an event under the `stop` policy.
     #[error(transparent)]
-    Projection(#[from] FoldError),
+    Projection(#[from] Box<FoldError>),
     /// A lane's thread panicked.
     #[error("a rebuild lane stopped unexpectedly")]
     LanePanicked,

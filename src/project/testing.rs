@@ -20,7 +20,7 @@
 //! let registry = Registry::load_dir("upcasters".as_ref()).unwrap();
 //! let projections = ProjectionSet::load_dir("projections".as_ref()).unwrap();
 //! let events = testing::events_from_jsonl(r#"
-//! {"stream":"order-1","revision":0,"id":"00000000-0000-4000-8000-000000000001","type":"OrderPlaced","version":1,"data":{"order_id":"o-1","customer_id":"user-4","total":"10.50","shipping_address":"1 Main St"}}
+//! {"stream":"order-1","revision":0,"id":"00000000-0000-4000-8000-000000000001","type":"OrderPlaced","version":1,"data":{"order_id":"o-1","customer_id":"user-4","total":"10.50","shipping_address":"1 Main St"},"recorded_at":"2024-03-01T10:00:00Z"}
 //! "#).unwrap();
 //! let rows = json!({"user-4": {"orders": 1, "total_cents": 1050, "last_order": "order-1"}});
 //! testing::expect_rows(&events, &registry, &projections, "customer_orders", &rows).unwrap();
@@ -43,7 +43,7 @@ pub enum TestingError {
     Upcast(#[from] UpcastError),
     /// A projection failed.
     #[error(transparent)]
-    Projection(#[from] FoldError),
+    Projection(#[from] Box<FoldError>),
     /// A fixture file could not be read or written.
     #[error("fixture {path}")]
     Io {

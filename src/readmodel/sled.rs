@@ -57,16 +57,17 @@ fn row_key(name: &str, generation: u32, row: &str) -> Vec<u8> {
 impl SledReadModels {
     /// Opens (or creates) the store in the folder `path`.
     pub fn open(path: &Path) -> Result<Self, ReadModelError> {
-        let db = ::sled::open(path).map_err(|source| match &source {
-            ::sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+        let db = crate::store::sled_store::open_db(path).map_err(|source| {
+            if crate::store::sled_store::is_lock_error(&source) {
                 ReadModelError::Locked {
                     path: path.to_path_buf(),
                 }
+            } else {
+                ReadModelError::Sled {
+                    path: path.to_path_buf(),
+                    source,
+                }
             }
-            _ => ReadModelError::Sled {
-                path: path.to_path_buf(),
-                source,
-            },
         })?;
         let tree = db
             .open_tree("readmodels")

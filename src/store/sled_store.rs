@@ -91,7 +91,7 @@ struct Pending {
 impl SledStore {
     /// Opens (or creates) the store in the folder `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::open(path).map_err(|source| open_error(path, source))?;
+        let db = open_db(path).map_err(|source| open_error(path, source))?;
         let tree = db.open_tree("log").map_err(|source| StoreError::Sled {
             path: path.to_path_buf(),
             source,
@@ -240,16 +240,37 @@ fn same_json(a: &crate::event::Payload, b: &crate::event::Payload) -> bool {
 }
 
 fn open_error(path: &Path, source: sled::Error) -> StoreError {
-    match &source {
-        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-            StoreError::Locked {
-                path: path.to_path_buf(),
-            }
+    if is_lock_error(&source) {
+        StoreError::Locked {
+            path: path.to_path_buf(),
         }
-        _ => StoreError::Sled {
+    } else {
+        StoreError::Sled {
             path: path.to_path_buf(),
             source,
-        },
+        }
+    }
+}
+
+/// True when sled could not lock its folder because another handle holds it.
+pub(crate) fn is_lock_error(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
+/// Opens a sled folder. sled releases its folder lock from a background thread shortly after
+/// the last handle is dropped, so a store closed and reopened by the same process (`recast
+/// run` migrates into a store, then rebuilds from it) may find it still locked for a moment:
+/// a lock error is retried for up to a second before it is reported.
+pub(crate) fn open_db(path: &Path) -> Result<sled::Db, sled::Error> {
+    let mut attempts = 0;
+    loop {
+        match sled::open(path) {
+            Err(error) if is_lock_error(&error) && attempts < 50 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
     }
 }
 

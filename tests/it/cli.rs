@@ -232,9 +232,10 @@ fn run_is_the_demo_pipeline() {
     std::fs::write(
         d.join("recast.toml"),
         format!(
-            "[source]\nlocation = \"{}\"\n[target]\nlocation = \"sled:demo\"\n[upcasters]\ndir = \"{}\"\n[migrate]\nstate = \"state\"\n",
+            "[source]\nlocation = \"{}\"\n[target]\nlocation = \"sled:demo\"\n[upcasters]\ndir = \"{}\"\n[migrate]\nstate = \"state\"\n[projections]\ndir = \"{}\"\n[rebuild]\nreadmodels = \"sled:rm\"\n",
             root.join("streams/demo").display(),
-            upcasters().display()
+            upcasters().display(),
+            root.join("projections").display()
         ),
     )
     .unwrap();

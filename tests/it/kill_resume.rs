@@ -129,3 +129,56 @@ fn ctrl_c_saves_a_checkpoint_and_a_second_process_is_refused() {
     );
     assert_eq!(checksum(d, "sled:out"), checksum(d, "reference.jsonl"));
 }
+
+#[test]
+fn sigkilled_rebuilds_of_a_million_events_resume_to_the_uninterrupted_read_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    generate(d, "log.jsonl", 1_000_000, 20_000, 13);
+    let projections = Path::new(env!("CARGO_MANIFEST_DIR")).join("projections");
+    let rebuild = |readmodels: &str| {
+        let mut command = Command::new(assert_cmd::cargo::cargo_bin("recast"));
+        command
+            .current_dir(d)
+            .args([
+                "rebuild",
+                "--from",
+                "log.jsonl",
+                "--readmodels",
+                readmodels,
+                "--memory-mb",
+                "4",
+                "--upcasters",
+            ])
+            .arg(upcasters())
+            .arg("--projections")
+            .arg(&projections)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+    };
+    assert!(rebuild("sled:reference").status().unwrap().success());
+    let mut kills_that_landed = 0;
+    for attempt in 0..4u64 {
+        let mut child = rebuild("sled:killed").spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(1500 + 1000 * attempt));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills_that_landed += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(
+        kills_that_landed >= 2,
+        "only {kills_that_landed} kills hit a running rebuild"
+    );
+    assert!(rebuild("sled:killed").status().unwrap().success());
+    for name in ["order_summary", "customer_orders", "sku_sales"] {
+        let reference = super::rebuild::readmodel_checksum(d, "sled:reference", name);
+        assert_eq!(
+            super::rebuild::readmodel_checksum(d, "sled:killed", name),
+            reference,
+            "{name} after {kills_that_landed} kills"
+        );
+    }
+}

@@ -249,6 +249,9 @@ fn rebuild_with(d: &Path, dir: &Path) -> Command {
     c
 }
 
+/// A projection file: name and text.
+type ProjectionFile<'a> = (&'a str, &'a str);
+
 const COUNTS: &str = "name = \"counts\"\nversion = 1\nkind = \"table\"\nkey = \"/customer_id\"\n[[on]]\ntype = \"OrderPlaced\"\nops = [{ add = { path = \"/n\", value = 1 } }]\n";
 
 #[test]
@@ -256,7 +259,7 @@ fn bad_projection_files_name_the_file_and_problem() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     generate(d, "log.jsonl", 50, 10, 1);
-    let cases: [(&[(&str, &str)], &[&str]); 3] = [
+    let cases: [(&[ProjectionFile], &[&str]); 3] = [
         (
             &[("a.toml", &COUNTS.replace("add =", "bump ="))],
             &["a.toml", "unknown variant `bump`"],
