@@ -6,7 +6,9 @@
 //! - B_val: parse every line into `serde_json::Value`;
 //! - B_raw: parse every line into the envelope with a raw payload;
 //! - migrate JSONL -> JSONL with the demo upcasters;
-//! - migrate JSONL -> sled with the demo upcasters.
+//! - migrate JSONL -> sled with the demo upcasters;
+//! - rebuild the demo projections from the JSONL log into sled, with the state in memory
+//!   (a 1 GiB window) and with a small memory bound (4 MiB).
 //!
 //! The table goes to stdout, the figures as JSON to `target/pipeline.json`.
 
@@ -68,6 +70,34 @@ fn migrate(log: &Path, work: &Path, registry: &Registry, sink: &mut dyn EventSin
         .expect("migration runs");
 }
 
+fn rebuild(log: &Path, work: &Path, registry: &Registry, window_bytes: usize) {
+    use recast::project::rebuild::{RebuildOptions, Rebuilder};
+    use recast::project::ProjectionSet;
+    use recast::readmodel::sled::SledReadModels;
+    let target = work.join("readmodels");
+    let _ = std::fs::remove_dir_all(&target);
+    let source = JsonlSource::open(log).expect("log opens");
+    let projections =
+        ProjectionSet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("projections"))
+            .expect("projections load");
+    let store = SledReadModels::open(&target).expect("read models open");
+    let options = RebuildOptions {
+        window_bytes,
+        ..RebuildOptions::default()
+    };
+    let rebuilder = Rebuilder {
+        source: &source,
+        registry,
+        projections: &projections,
+        store: &store,
+        options,
+    };
+    let report = rebuilder
+        .run(&AtomicBool::new(false), &|_| {})
+        .expect("rebuild runs");
+    assert!(!report.stopped);
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]
@@ -97,6 +127,8 @@ fn main() {
         "B_raw (envelope, raw payload)",
         "migrate JSONL -> JSONL",
         "migrate JSONL -> sled",
+        "rebuild -> sled, state in memory",
+        "rebuild -> sled, 4 MiB bound",
     ];
     let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     for _ in 0..rounds {
@@ -114,12 +146,14 @@ fn main() {
                     &registry,
                     &mut JsonlSink::open(&target).expect("sink"),
                 ),
-                _ => migrate(
+                3 => migrate(
                     &log,
                     work.path(),
                     &registry,
                     &mut SledStore::open(&target).expect("sink"),
                 ),
+                4 => rebuild(&log, work.path(), &registry, 1 << 30),
+                _ => rebuild(&log, work.path(), &registry, 4 << 20),
             }
             times.push(started.elapsed().as_secs_f64());
         }

@@ -96,6 +96,14 @@ impl Payload {
         }
     }
 
+    /// The payload as a value: borrowed when already parsed, parsed from the text otherwise.
+    pub fn as_value(&self) -> Result<std::borrow::Cow<'_, Value>, serde_json::Error> {
+        match self {
+            Payload::Raw(raw) => serde_json::from_str(raw.get()).map(std::borrow::Cow::Owned),
+            Payload::Parsed(value) => Ok(std::borrow::Cow::Borrowed(value)),
+        }
+    }
+
     /// True while the payload has not been parsed.
     pub fn is_raw(&self) -> bool {
         matches!(self, Payload::Raw(_))

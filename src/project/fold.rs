@@ -126,7 +126,7 @@ impl Fold {
         only: &dyn Fn(usize, &Event) -> bool,
     ) -> Result<(), Box<FoldError>> {
         let position = event.position.unwrap_or_default();
-        let mut data: Option<Value> = None;
+        let mut data: Option<std::borrow::Cow<'_, Value>> = None;
         let mut changes = Vec::new();
         for member in 0..self.members.len() {
             let m = &self.members[member];
@@ -139,11 +139,11 @@ impl Fold {
             if data.is_none() {
                 let parsed = event
                     .data
-                    .to_value()
+                    .as_value()
                     .map_err(|e| self.failure(member, event, Box::new(e)))?;
                 data = Some(parsed);
             }
-            let data = data.as_ref().expect("parsed above");
+            let data: &Value = data.as_ref().expect("parsed above");
             match self.stage(member, event, data, load) {
                 Ok(staged) => changes.push((member, staged)),
                 // Under `stop` this returns before any member's change is merged.

@@ -77,12 +77,13 @@ impl JqFilter {
 
     /// Runs the filter on `input`, which it must map to exactly one value.
     pub fn run(&self, input: &Value) -> Result<Value, JqError> {
-        let input = jaq_json::read::parse_single(input.to_string().as_bytes()).map_err(|err| {
-            JqError::Run {
+        // Straight from the value through serde: printing it and parsing the text again cost
+        // more than the filter itself on small payloads.
+        let input =
+            <Val as serde::Deserialize>::deserialize(input).map_err(|err| JqError::Run {
                 filter: self.text.clone(),
-                message: format!("{err:?}"),
-            }
-        })?;
+                message: err.to_string(),
+            })?;
         let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
         let mut outputs = Vec::with_capacity(1);
         for output in self.filter.id.run((ctx, input)).map(unwrap_valr) {
