@@ -433,6 +433,13 @@ fn follow_applies_appended_events_until_ctrl_c() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1500));
+    // While it follows, the read-model store is its alone: a second rebuilder is refused.
+    rebuild_with(d, &projections)
+        .assert()
+        .code(1)
+        .stderr(contains(
+            "is in use by another process (one rebuilder at a time)",
+        ));
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .open(d.join("log.jsonl"))
