@@ -59,9 +59,24 @@ pub struct RunArgs {
     pub fresh: bool,
 }
 
+/// The number of events of a source, when the store knows it without reading the log
+/// (sled); a JSONL log would have to be read once more just to count it.
+pub async fn known_total(source: &dyn EventSource, location: &Location) -> Option<u64> {
+    match location {
+        Location::Sled(_) => source
+            .head_position()
+            .await
+            .ok()
+            .flatten()
+            .map(|last| last + 1),
+        Location::Jsonl(_) => None,
+    }
+}
+
 /// A migration job as the flags and config describe it.
 struct Job {
     source: Box<dyn EventSource>,
+    source_location: Location,
     target: Location,
     registry: Registry,
     template: StreamTemplate,
@@ -97,6 +112,7 @@ fn job(flags: &JobFlags, config: &Config) -> Result<Job, Failure> {
         .unwrap_or_else(|| config.target.stream_template.clone());
     Ok(Job {
         source: open_source(&source)?,
+        source_location: source.clone(),
         target,
         registry: registry(&flags.upcast, config)?,
         template: StreamTemplate::parse(&template)?,
@@ -169,7 +185,8 @@ async fn run_migration(
         dry_run: args.dry_run,
     };
     let stop = stop_on_ctrl_c();
-    let bar = progress::Progress::start("migrate", json);
+    let total = known_total(job.source.as_ref(), &job.source_location).await;
+    let bar = progress::Progress::start("migrate", json, total);
     let report = migration
         .run(writer, &stop, &|p| bar.update(p.events_read))
         .await;

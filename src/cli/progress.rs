@@ -16,14 +16,22 @@ pub struct Progress {
 const LOG_EVERY: Duration = Duration::from_secs(2);
 
 impl Progress {
-    /// A spinner on a terminal; with `--json` or when stderr is not a terminal, log lines.
-    pub fn start(label: &'static str, json: bool) -> Self {
+    /// A bar with events/s and ETA on a terminal when the total is known, a spinner when it is
+    /// not; with `--json` or when stderr is not a terminal, log lines.
+    pub fn start(label: &'static str, json: bool, total: Option<u64>) -> Self {
         let bar = (!json && std::io::stderr().is_terminal()).then(|| {
-            let bar = ProgressBar::new_spinner();
-            let style = ProgressStyle::with_template(
-                "{spinner} {prefix}: {human_pos} events ({per_sec}) {elapsed}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_spinner());
+            let (bar, template) = match total {
+                Some(total) => (
+                    ProgressBar::new(total),
+                    "{prefix}: {wide_bar} {human_pos}/{human_len} events ({per_sec}, ETA {eta})",
+                ),
+                None => (
+                    ProgressBar::new_spinner(),
+                    "{spinner} {prefix}: {human_pos} events ({per_sec}) {elapsed}",
+                ),
+            };
+            let style = ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| ProgressStyle::default_spinner());
             bar.set_style(style);
             bar.set_prefix(label);
             bar.enable_steady_tick(Duration::from_millis(120));

@@ -119,7 +119,8 @@ pub async fn rebuild(
     config: &Config,
     json: bool,
 ) -> Result<RebuildReport, Failure> {
-    let source = open_source(&rebuild_source(args.from.as_ref(), config)?)?;
+    let location = rebuild_source(args.from.as_ref(), config)?;
+    let source = open_source(&location)?;
     let registry = Registry::load_dir(args.upcasters.as_ref().unwrap_or(&config.upcasters.dir))?;
     let projections =
         ProjectionSet::load_dir(args.projections.as_ref().unwrap_or(&config.projections.dir))?
@@ -141,7 +142,11 @@ pub async fn rebuild(
         options,
     };
     let stop = super::commands::stop_on_ctrl_c();
-    let bar = progress::Progress::start("rebuild", json);
+    // Every lane reads the whole log, so the total is the log times the lanes.
+    let total = super::commands::known_total(source.as_ref(), &location)
+        .await
+        .map(|n| n * rebuilder.lane_count() as u64);
+    let bar = progress::Progress::start("rebuild", json, total);
     let report = tokio::task::block_in_place(|| rebuilder.run(&stop, &|events| bar.update(events)));
     bar.finish();
     let report = report?;

@@ -221,6 +221,21 @@ impl Rebuilder<'_> {
         lanes
     }
 
+    /// How many lanes (passes over the log) the rebuild runs.
+    pub fn lane_count(&self) -> usize {
+        let partitions = self.options.partitions.max(1) as usize;
+        let has = |kind| self.projections.all().iter().any(|p| p.kind() == kind);
+        match (
+            partitions,
+            has(ProjectionKind::Snapshot),
+            has(ProjectionKind::Table),
+        ) {
+            (1, _, _) | (_, false, _) => 1,
+            (n, true, true) => n + 1,
+            (n, true, false) => n,
+        }
+    }
+
     /// Runs the rebuild until the end of the log (or, following, until `stop`).
     pub fn run(
         &self,
