@@ -314,10 +314,7 @@ pub async fn demo(args: RunArgs, config: &Config, json: bool) -> Result<(), Fail
         let Some(live) = projection.live else {
             continue;
         };
-        let sample: Vec<_> = store
-            .rows(&projection.name, live)
-            .take(3)
-            .collect::<Result<_, _>>()?;
+        let sample = store.rows(&projection.name, live, Some(3))?;
         output::sample(&projection.name, &sample, json);
     }
     Ok(())

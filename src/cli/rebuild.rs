@@ -7,7 +7,7 @@ use clap::Args;
 use recast::migrate::ErrorPolicy;
 use recast::project::rebuild::{RebuildOptions, RebuildReport, Rebuilder};
 use recast::project::{testing, ProjectionSet};
-use recast::readmodel::sled::SledReadModels;
+use recast::readmodel::ReadModelStore;
 use recast::store::{open_source, Location};
 use recast::upcast::Registry;
 use std::path::PathBuf;
@@ -95,8 +95,11 @@ pub struct TestArgs {
     pub bless: bool,
 }
 
-pub fn open_store(flags: &ReadModelFlags, config: &Config) -> Result<SledReadModels, Failure> {
-    Ok(SledReadModels::open_location(
+pub fn open_store(
+    flags: &ReadModelFlags,
+    config: &Config,
+) -> Result<Box<dyn ReadModelStore>, Failure> {
+    Ok(recast::readmodel::open(
         flags
             .readmodels
             .as_deref()
@@ -138,7 +141,7 @@ pub async fn rebuild(
         source: source.as_ref(),
         registry: &registry,
         projections: &projections,
-        store: &store,
+        store: store.as_ref(),
         options,
     };
     let stop = super::commands::stop_on_ctrl_c();
@@ -211,7 +214,12 @@ pub async fn status(args: StatusArgs, config: &Config, json: bool) -> Result<(),
         Some(Ok(source)) => source.head_position().await.ok().flatten(),
         _ => None,
     };
-    let rows = super::status::collect(&store, definitions.as_ref(), registry.as_ref(), head)?;
+    let rows = super::status::collect(
+        store.as_ref(),
+        definitions.as_ref(),
+        registry.as_ref(),
+        head,
+    )?;
     output::status(&rows, json);
     Ok(())
 }
@@ -231,9 +239,7 @@ pub fn query(args: QueryArgs, config: &Config, json: bool) -> Result<(), Failure
         output::json(&row);
         return Ok(());
     }
-    let rows = store
-        .rows(&args.name, live)
-        .collect::<Result<Vec<_>, _>>()?;
+    let rows = store.rows(&args.name, live, None)?;
     output::rows(&rows, json);
     Ok(())
 }

@@ -1,8 +1,7 @@
 //! `recast status`: one row per projection, from the read-model store and the definitions.
 
 use recast::project::ProjectionSet;
-use recast::readmodel::sled::SledReadModels;
-use recast::readmodel::ReadModelError;
+use recast::readmodel::{ReadModelError, ReadModelStore};
 use recast::upcast::Registry;
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -26,7 +25,7 @@ pub struct StatusRow {
 
 /// Gathers status rows for every projection the store or the definitions know.
 pub fn collect(
-    store: &SledReadModels,
+    store: &dyn ReadModelStore,
     definitions: Option<&ProjectionSet>,
     registry: Option<&Registry>,
     head: Option<u64>,

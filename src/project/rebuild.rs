@@ -17,8 +17,9 @@
 use super::fold::{Dirty, Fold, FoldError, Member};
 use super::{ProjectionKind, ProjectionSet};
 use crate::migrate::ErrorPolicy;
-use crate::readmodel::sled::SledReadModels;
-use crate::readmodel::{Generation, PartCheckpoint, PartId, ReadModelError, RowWrite, Window};
+use crate::readmodel::{
+    Generation, PartCheckpoint, PartId, ReadModelError, ReadModelStore, RowWrite, Window,
+};
 use crate::store::{EventSource, StoreError};
 use crate::upcast::{Registry, UpcastError};
 use futures::TryStreamExt;
@@ -123,7 +124,7 @@ pub struct Rebuilder<'a> {
     pub source: &'a dyn EventSource,
     pub registry: &'a Registry,
     pub projections: &'a ProjectionSet,
-    pub store: &'a SledReadModels,
+    pub store: &'a dyn ReadModelStore,
     pub options: RebuildOptions,
 }
 
@@ -143,6 +144,7 @@ impl Rebuilder<'_> {
     fn generations(&self) -> Result<Vec<(u32, u32)>, ReadModelError> {
         let mut picked = Vec::new();
         for projection in self.projections.all() {
+            self.store.lock_projection(projection.name())?;
             let mut meta = self.store.meta(projection.name())?;
             let partitions = if projection.kind() == ProjectionKind::Snapshot {
                 self.options.partitions.max(1)
@@ -170,6 +172,12 @@ impl Rebuilder<'_> {
                 Some((generation, _)) => generation,
                 None => {
                     let generation = meta.newest().map_or(1, |(g, _)| g + 1);
+                    self.store.prepare_generation(
+                        projection.name(),
+                        generation,
+                        projection.kind(),
+                        &projection.columns(),
+                    )?;
                     meta.generations.insert(generation, wanted);
                     self.store.save_meta(projection.name(), &meta)?;
                     generation
@@ -341,9 +349,11 @@ impl Rebuilder<'_> {
         progress: &(dyn Fn(u64) + Sync),
         on_caught_up: &dyn Fn() -> Result<(), RebuildError>,
     ) -> Result<bool, RebuildError> {
+        let store = self.store.fork()?;
+        let store = store.as_ref();
         let mut members = Vec::new();
         for m in &lane.members {
-            let mut checkpoint = self.store.checkpoint(&m.part)?.unwrap_or_default();
+            let mut checkpoint = store.checkpoint(&m.part)?.unwrap_or_default();
             checkpoint.caught_up = false;
             members.push(Member {
                 projection: self.projections.all()[m.projection].clone(),
@@ -353,7 +363,7 @@ impl Rebuilder<'_> {
         let mut fold = Fold::new(members, self.options.on_error);
         let load = |member: usize, key: &str| -> Result<Option<Value>, ReadModelError> {
             let part = &lane.members[member].part;
-            self.store.row(&part.projection, part.generation, key)
+            store.row(&part.projection, part.generation, key)
         };
         let only = |_: usize, event: &crate::Event| {
             lane.of == 1 || stream_partition(&event.stream, lane.of) == lane.partition
@@ -376,13 +386,13 @@ impl Rebuilder<'_> {
                 let outputs = match self.registry.upcast(event) {
                     Ok(upcasted) => upcasted.events,
                     Err(err) => {
-                        self.write(&lane, &mut fold, started, applied)?;
+                        self.write(store, &lane, &mut fold, started, applied)?;
                         return Err(err.into());
                     }
                 };
                 for output in &outputs {
                     if let Err(err) = fold.apply(output, &load, &only) {
-                        self.write(&lane, &mut fold, started, applied)?;
+                        self.write(store, &lane, &mut fold, started, applied)?;
                         return Err(err.into());
                     }
                 }
@@ -393,12 +403,12 @@ impl Rebuilder<'_> {
                     reported = applied;
                     progress(read.fetch_add(1024, Ordering::Relaxed) + 1024);
                     if stop.load(Ordering::SeqCst) {
-                        self.write(&lane, &mut fold, started, applied)?;
+                        self.write(store, &lane, &mut fold, started, applied)?;
                         return Ok(false);
                     }
                 }
                 if fold.dirty_bytes() > window_bytes {
-                    self.write(&lane, &mut fold, started, applied)?;
+                    self.write(store, &lane, &mut fold, started, applied)?;
                 }
             }
             drop(events);
@@ -409,10 +419,10 @@ impl Rebuilder<'_> {
                 for member in &mut fold.members {
                     member.checkpoint.caught_up = true;
                 }
-                self.write(&lane, &mut fold, started, applied)?;
+                self.write(store, &lane, &mut fold, started, applied)?;
                 on_caught_up()?;
             } else if seen > 0 {
-                self.write(&lane, &mut fold, started, applied)?;
+                self.write(store, &lane, &mut fold, started, applied)?;
             }
             if !self.options.follow {
                 return Ok(true);
@@ -420,7 +430,7 @@ impl Rebuilder<'_> {
             let wait_until = Instant::now() + self.options.poll_interval;
             while Instant::now() < wait_until {
                 if stop.load(Ordering::SeqCst) {
-                    self.write(&lane, &mut fold, started, applied)?;
+                    self.write(store, &lane, &mut fold, started, applied)?;
                     return Ok(false);
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -431,6 +441,7 @@ impl Rebuilder<'_> {
     /// Writes the lane's dirty states with the checkpoints that cover them, atomically.
     fn write(
         &self,
+        store: &dyn ReadModelStore,
         lane: &Lane,
         fold: &mut Fold,
         started: Instant,
@@ -483,7 +494,7 @@ impl Rebuilder<'_> {
             .drain(..)
             .map(|(member, position, letter)| (lane.members[member].part.clone(), position, letter))
             .collect();
-        self.store.commit(Window {
+        store.commit(Window {
             rows,
             checkpoints,
             dead_letters,

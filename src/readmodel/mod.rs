@@ -12,9 +12,10 @@
 
 pub mod sled;
 
-use crate::project::ProjectionKind;
+use crate::project::{ColumnType, ProjectionKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// Errors of read-model stores.
@@ -153,6 +154,171 @@ pub struct Window {
     pub checkpoints: Vec<(PartId, PartCheckpoint)>,
     /// Dead letters recorded in this window, with the log position of their event.
     pub dead_letters: Vec<(PartId, u64, DeadLetter)>,
+}
+
+/// A place where read models live. Methods take `&self`; [`ReadModelStore::fork`] gives a lane
+/// of a rebuild its own handle (its own connection, where the store has connections).
+///
+/// `swap`, `rollback`, `prune`, `rows` and `digest` have default implementations in terms of
+/// the other methods, so every store digests rows the same way and checksums compare across
+/// stores.
+pub trait ReadModelStore: Send + Sync {
+    /// The location, without credentials.
+    fn describe(&self) -> String;
+    /// An independent handle on the same store.
+    fn fork(&self) -> Result<Box<dyn ReadModelStore>, ReadModelError>;
+    /// Names of every projection the store knows.
+    fn projections(&self) -> Result<Vec<String>, ReadModelError>;
+    /// What the store knows of a projection (empty when nothing).
+    fn meta(&self, name: &str) -> Result<ProjectionMeta, ReadModelError>;
+    /// Saves a projection's meta record durably.
+    fn save_meta(&self, name: &str, meta: &ProjectionMeta) -> Result<(), ReadModelError>;
+    /// Prepares storage for a new generation (a table, in SQL stores).
+    fn prepare_generation(
+        &self,
+        _name: &str,
+        _generation: u32,
+        _kind: ProjectionKind,
+        _columns: &[(String, ColumnType)],
+    ) -> Result<(), ReadModelError> {
+        Ok(())
+    }
+    /// Takes the exclusive right to rebuild a projection for as long as this handle lives.
+    fn lock_projection(&self, _name: &str) -> Result<(), ReadModelError> {
+        Ok(())
+    }
+    /// The checkpoint of a part.
+    fn checkpoint(&self, part: &PartId) -> Result<Option<PartCheckpoint>, ReadModelError>;
+    /// The checkpoints of every partition of a generation.
+    fn checkpoints(
+        &self,
+        name: &str,
+        generation: u32,
+    ) -> Result<Vec<PartCheckpoint>, ReadModelError>;
+    /// One stored row of a generation.
+    fn row(&self, name: &str, generation: u32, key: &str) -> Result<Option<Value>, ReadModelError>;
+    /// Visits the rows of a generation in key order (bytewise) until `visit` returns false.
+    fn scan_rows(
+        &self,
+        name: &str,
+        generation: u32,
+        visit: &mut dyn FnMut(String, Value) -> bool,
+    ) -> Result<(), ReadModelError>;
+    /// The dead letters of a generation.
+    fn dead_letters(&self, name: &str, generation: u32) -> Result<Vec<DeadLetter>, ReadModelError>;
+    /// Applies a window atomically and durably.
+    fn commit(&self, window: Window) -> Result<(), ReadModelError>;
+    /// Drops a generation's rows, checkpoints and dead letters (not its meta entry).
+    fn drop_generation(&self, name: &str, generation: u32) -> Result<(), ReadModelError>;
+
+    /// Up to `limit` rows of a generation, in key order.
+    fn rows(
+        &self,
+        name: &str,
+        generation: u32,
+        limit: Option<usize>,
+    ) -> Result<Vec<(String, Value)>, ReadModelError> {
+        let mut rows = Vec::new();
+        self.scan_rows(name, generation, &mut |key, value| {
+            rows.push((key, value));
+            limit.is_none_or(|l| rows.len() < l)
+        })?;
+        Ok(rows)
+    }
+
+    /// Makes the newest finished generation live; the live one becomes the rollback target.
+    fn swap(&self, name: &str) -> Result<u32, ReadModelError> {
+        let mut meta = known(self, name)?;
+        let live = meta.live.unwrap_or(0);
+        let next = meta
+            .generations
+            .iter()
+            .rev()
+            .find(|(g, gen)| **g > live && gen.complete)
+            .map(|(g, _)| *g);
+        let next = next.ok_or_else(|| ReadModelError::NothingBuilt {
+            name: name.to_string(),
+        })?;
+        if let Some(live) = meta.live {
+            meta.previous.push(live);
+        }
+        meta.live = Some(next);
+        self.save_meta(name, &meta)?;
+        Ok(next)
+    }
+
+    /// Makes the previous live generation live again.
+    fn rollback(&self, name: &str) -> Result<u32, ReadModelError> {
+        let mut meta = known(self, name)?;
+        let previous = meta
+            .previous
+            .pop()
+            .ok_or_else(|| ReadModelError::NoPrevious {
+                name: name.to_string(),
+            })?;
+        meta.live = Some(previous);
+        self.save_meta(name, &meta)?;
+        Ok(previous)
+    }
+
+    /// Drops every generation but the live one and any newer one still being built.
+    fn prune(&self, name: &str) -> Result<Vec<u32>, ReadModelError> {
+        let mut meta = known(self, name)?;
+        let live = meta.live.unwrap_or(0);
+        let dropped: Vec<u32> = meta
+            .generations
+            .iter()
+            .filter(|(g, gen)| **g != live && (**g < live || gen.complete))
+            .map(|(g, _)| *g)
+            .collect();
+        for generation in &dropped {
+            self.drop_generation(name, *generation)?;
+            meta.generations.remove(generation);
+        }
+        meta.previous.clear();
+        self.save_meta(name, &meta)?;
+        Ok(dropped)
+    }
+
+    /// A canonical digest of the live generation: SHA-256 over key and row, in key order.
+    fn digest(&self, name: &str) -> Result<(String, u64), ReadModelError> {
+        let meta = known(self, name)?;
+        let live = meta.live.ok_or_else(|| ReadModelError::NothingBuilt {
+            name: name.to_string(),
+        })?;
+        let mut hasher = Sha256::new();
+        let mut count = 0;
+        let mut line = String::new();
+        self.scan_rows(name, live, &mut |key, value| {
+            line.clear();
+            crate::event::canonical_json(&Value::String(key), &mut line);
+            line.push('\t');
+            crate::event::canonical_json(&value, &mut line);
+            line.push('\n');
+            hasher.update(line.as_bytes());
+            count += 1;
+            true
+        })?;
+        Ok((format!("sha256:{}", hex::encode(hasher.finalize())), count))
+    }
+}
+
+fn known(
+    store: &(impl ReadModelStore + ?Sized),
+    name: &str,
+) -> Result<ProjectionMeta, ReadModelError> {
+    let meta = store.meta(name)?;
+    if meta.generations.is_empty() && meta.live.is_none() {
+        return Err(ReadModelError::UnknownProjection {
+            name: name.to_string(),
+        });
+    }
+    Ok(meta)
+}
+
+/// Opens a read-model store by location: `sled:PATH`.
+pub fn open(location: &str) -> Result<Box<dyn ReadModelStore>, ReadModelError> {
+    Ok(Box::new(sled::SledReadModels::open_location(location)?))
 }
 
 #[cfg(test)]

@@ -12,10 +12,11 @@
 //! atomic sled batch and flushes it, so a kill -9 leaves either the whole window or none of it.
 //! sled locks the folder: a second rebuilder (or any second process) is refused.
 
-use super::{DeadLetter, PartCheckpoint, PartId, ProjectionMeta, ReadModelError, Window};
+use super::{
+    DeadLetter, PartCheckpoint, PartId, ProjectionMeta, ReadModelError, ReadModelStore, Window,
+};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// The sled read-model store.
@@ -90,11 +91,6 @@ impl SledReadModels {
         }
     }
 
-    /// `sled:PATH`.
-    pub fn describe(&self) -> String {
-        format!("sled:{}", self.path.display())
-    }
-
     fn sled_error(&self, source: ::sled::Error) -> ReadModelError {
         ReadModelError::Sled {
             path: self.path.clone(),
@@ -125,9 +121,22 @@ impl SledReadModels {
         self.db.flush().map_err(|e| self.sled_error(e))?;
         Ok(())
     }
+}
 
-    /// Names of every projection the store knows.
-    pub fn projections(&self) -> Result<Vec<String>, ReadModelError> {
+impl ReadModelStore for SledReadModels {
+    fn describe(&self) -> String {
+        format!("sled:{}", self.path.display())
+    }
+
+    fn fork(&self) -> Result<Box<dyn ReadModelStore>, ReadModelError> {
+        Ok(Box::new(SledReadModels {
+            path: self.path.clone(),
+            db: self.db.clone(),
+            tree: self.tree.clone(),
+        }))
+    }
+
+    fn projections(&self) -> Result<Vec<String>, ReadModelError> {
         self.tree
             .scan_prefix(b"m")
             .keys()
@@ -138,23 +147,19 @@ impl SledReadModels {
             .collect()
     }
 
-    /// What the store knows of a projection (empty when nothing).
-    pub fn meta(&self, name: &str) -> Result<ProjectionMeta, ReadModelError> {
+    fn meta(&self, name: &str) -> Result<ProjectionMeta, ReadModelError> {
         Ok(self.get(&meta_key(name))?.unwrap_or_default())
     }
 
-    /// Saves a projection's meta record durably.
-    pub fn save_meta(&self, name: &str, meta: &ProjectionMeta) -> Result<(), ReadModelError> {
+    fn save_meta(&self, name: &str, meta: &ProjectionMeta) -> Result<(), ReadModelError> {
         self.put(&meta_key(name), meta)
     }
 
-    /// The checkpoint of a part.
-    pub fn checkpoint(&self, part: &PartId) -> Result<Option<PartCheckpoint>, ReadModelError> {
+    fn checkpoint(&self, part: &PartId) -> Result<Option<PartCheckpoint>, ReadModelError> {
         self.get(&checkpoint_key(part))
     }
 
-    /// The checkpoints of every partition of a generation.
-    pub fn checkpoints(
+    fn checkpoints(
         &self,
         name: &str,
         generation: u32,
@@ -168,40 +173,30 @@ impl SledReadModels {
             .collect()
     }
 
-    /// One stored row of a generation.
-    pub fn row(
-        &self,
-        name: &str,
-        generation: u32,
-        key: &str,
-    ) -> Result<Option<Value>, ReadModelError> {
+    fn row(&self, name: &str, generation: u32, key: &str) -> Result<Option<Value>, ReadModelError> {
         self.get(&row_key(name, generation, key))
     }
 
-    /// Every row of a generation, in key order.
-    pub fn rows<'a>(
-        &'a self,
-        name: &str,
-        generation: u32,
-    ) -> impl Iterator<Item = Result<(String, Value), ReadModelError>> + 'a {
-        let start = prefix(b'r', name, Some(generation)).len();
-        self.tree
-            .scan_prefix(prefix(b'r', name, Some(generation)))
-            .map(move |item| {
-                let (key, value) = item.map_err(|e| self.sled_error(e))?;
-                Ok((
-                    String::from_utf8_lossy(&key[start..]).into_owned(),
-                    self.decode(&key, &value)?,
-                ))
-            })
-    }
-
-    /// The dead letters of a generation.
-    pub fn dead_letters(
+    fn scan_rows(
         &self,
         name: &str,
         generation: u32,
-    ) -> Result<Vec<DeadLetter>, ReadModelError> {
+        visit: &mut dyn FnMut(String, Value) -> bool,
+    ) -> Result<(), ReadModelError> {
+        let start = prefix(b'r', name, Some(generation)).len();
+        for item in self.tree.scan_prefix(prefix(b'r', name, Some(generation))) {
+            let (key, value) = item.map_err(|e| self.sled_error(e))?;
+            if !visit(
+                String::from_utf8_lossy(&key[start..]).into_owned(),
+                self.decode(&key, &value)?,
+            ) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn dead_letters(&self, name: &str, generation: u32) -> Result<Vec<DeadLetter>, ReadModelError> {
         self.tree
             .scan_prefix(prefix(b'd', name, Some(generation)))
             .map(|item| {
@@ -211,8 +206,7 @@ impl SledReadModels {
             .collect()
     }
 
-    /// Applies a window atomically and durably.
-    pub fn commit(&self, window: Window) -> Result<(), ReadModelError> {
+    fn commit(&self, window: Window) -> Result<(), ReadModelError> {
         let mut batch = ::sled::Batch::default();
         for row in window.rows {
             let key = row_key(&row.projection, row.generation, &row.key);
@@ -245,99 +239,22 @@ impl SledReadModels {
         Ok(())
     }
 
-    /// Makes the newest finished generation live; the live one becomes the rollback target.
-    pub fn swap(&self, name: &str) -> Result<u32, ReadModelError> {
-        let mut meta = self.known(name)?;
-        let live = meta.live.unwrap_or(0);
-        let next = meta
-            .generations
-            .iter()
-            .rev()
-            .find(|(g, gen)| **g > live && gen.complete)
-            .map(|(g, _)| *g);
-        let next = next.ok_or_else(|| ReadModelError::NothingBuilt {
-            name: name.to_string(),
-        })?;
-        if let Some(live) = meta.live {
-            meta.previous.push(live);
-        }
-        meta.live = Some(next);
-        self.save_meta(name, &meta)?;
-        Ok(next)
-    }
-
-    /// Makes the previous live generation live again.
-    pub fn rollback(&self, name: &str) -> Result<u32, ReadModelError> {
-        let mut meta = self.known(name)?;
-        let previous = meta
-            .previous
-            .pop()
-            .ok_or_else(|| ReadModelError::NoPrevious {
-                name: name.to_string(),
-            })?;
-        meta.live = Some(previous);
-        self.save_meta(name, &meta)?;
-        Ok(previous)
-    }
-
-    /// Drops every generation but the live one and any newer one still being built.
-    pub fn prune(&self, name: &str) -> Result<Vec<u32>, ReadModelError> {
-        let mut meta = self.known(name)?;
-        let live = meta.live.unwrap_or(0);
-        let dropped: Vec<u32> = meta
-            .generations
-            .iter()
-            .filter(|(g, gen)| **g != live && (**g < live || gen.complete))
-            .map(|(g, _)| *g)
-            .collect();
-        for generation in &dropped {
-            let mut batch = ::sled::Batch::default();
-            for kind in [b'r', b'c', b'd'] {
-                for key in self
-                    .tree
-                    .scan_prefix(prefix(kind, name, Some(*generation)))
-                    .keys()
-                {
-                    batch.remove(key.map_err(|e| self.sled_error(e))?);
-                }
+    fn drop_generation(&self, name: &str, generation: u32) -> Result<(), ReadModelError> {
+        let mut batch = ::sled::Batch::default();
+        for kind in [b'r', b'c', b'd'] {
+            for key in self
+                .tree
+                .scan_prefix(prefix(kind, name, Some(generation)))
+                .keys()
+            {
+                batch.remove(key.map_err(|e| self.sled_error(e))?);
             }
-            self.tree
-                .apply_batch(batch)
-                .map_err(|e| self.sled_error(e))?;
-            meta.generations.remove(generation);
         }
-        meta.previous.clear();
-        self.save_meta(name, &meta)?;
-        Ok(dropped)
-    }
-
-    fn known(&self, name: &str) -> Result<ProjectionMeta, ReadModelError> {
-        self.get(&meta_key(name))?
-            .ok_or_else(|| ReadModelError::UnknownProjection {
-                name: name.to_string(),
-            })
-    }
-
-    /// A canonical digest of the live generation: SHA-256 over key and row, in key order.
-    pub fn digest(&self, name: &str) -> Result<(String, u64), ReadModelError> {
-        let meta = self.known(name)?;
-        let live = meta.live.ok_or_else(|| ReadModelError::NothingBuilt {
-            name: name.to_string(),
-        })?;
-        let mut hasher = Sha256::new();
-        let mut count = 0;
-        let mut line = String::new();
-        for row in self.rows(name, live) {
-            let (key, value) = row?;
-            line.clear();
-            crate::event::canonical_json(&Value::String(key), &mut line);
-            line.push('\t');
-            crate::event::canonical_json(&value, &mut line);
-            line.push('\n');
-            hasher.update(line.as_bytes());
-            count += 1;
-        }
-        Ok((format!("sha256:{}", hex::encode(hasher.finalize())), count))
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| self.sled_error(e))?;
+        self.db.flush().map_err(|e| self.sled_error(e))?;
+        Ok(())
     }
 }
 
@@ -419,7 +336,7 @@ mod tests {
         assert_eq!(store.digest("p").unwrap(), before);
         store.swap("p").unwrap();
         assert_eq!(store.prune("p").unwrap(), vec![1]);
-        assert_eq!(store.rows("p", 1).count(), 0);
+        assert_eq!(store.rows("p", 1, None).unwrap().len(), 0);
         assert_eq!(store.checkpoints("p", 2).unwrap()[0].position, Some(7));
     }
 }

@@ -183,6 +183,7 @@ fn rebuild_digests(log: &Path, store: &Path, window_bytes: usize, partitions: u3
     use recast::project::rebuild::{RebuildOptions, Rebuilder};
     use recast::project::ProjectionSet;
     use recast::readmodel::sled::SledReadModels;
+    use recast::readmodel::ReadModelStore;
     let source = JsonlSource::open(log).unwrap();
     let registry = Registry::load_dir(&upcasters()).unwrap();
     let projections =
