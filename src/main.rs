@@ -17,6 +17,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(cli::run(args));
+    // Commands run on a blocking thread: the PostgreSQL client blocks, and long runs block on
+    // their own threads; the runtime's workers stay free for Ctrl-C and spawned tasks.
+    let outcome = runtime.block_on(async {
+        tokio::task::spawn_blocking(move || futures::executor::block_on(cli::run(args)))
+            .await
+            .unwrap_or_else(|panic| Err(cli::Failure::Usage(format!("internal error: {panic}"))))
+    });
     cli::exit_code(outcome)
 }

@@ -103,7 +103,7 @@ pub struct JobFlags {
 #[derive(Debug)]
 pub enum Failure {
     /// An error, printed as its chain.
-    Error(Box<dyn std::error::Error + 'static>),
+    Error(Box<dyn std::error::Error + Send + Sync + 'static>),
     /// A bad combination of flags that clap cannot see.
     Usage(String),
     /// `verify` (or `run`) found a mismatch; the report was printed.
@@ -112,7 +112,7 @@ pub enum Failure {
     Interrupted,
 }
 
-impl<E: std::error::Error + 'static> From<E> for Failure {
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for Failure {
     fn from(error: E) -> Self {
         Failure::Error(Box::new(error))
     }

@@ -150,7 +150,7 @@ pub async fn rebuild(
         .await
         .map(|n| n * rebuilder.lane_count() as u64);
     let bar = progress::Progress::start("rebuild", json, total);
-    let report = tokio::task::block_in_place(|| rebuilder.run(&stop, &|events| bar.update(events)));
+    let report = rebuilder.run(&stop, &|events| bar.update(events));
     bar.finish();
     let report = report?;
     if report.stopped && !args.follow {

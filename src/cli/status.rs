@@ -73,7 +73,7 @@ pub fn collect(
             next,
             position,
             lag: head.map(|h| position.map_or(h + 1, |p| h.saturating_sub(p))),
-            rate: parts.iter().map(|p| p.rate).sum(),
+            rate: parts.iter().map(|p| p.rate).sum::<f64>() + 0.0,
             stale,
             skipped: parts.iter().map(|p| p.skipped).sum(),
             dead_lettered: parts.iter().map(|p| p.dead_lettered).sum(),

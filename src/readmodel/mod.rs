@@ -10,6 +10,7 @@
 //! of each part (projection, generation, partition) that covers exactly those rows. The sled
 //! store applies a window as one atomic batch.
 
+pub mod postgres;
 pub mod sled;
 
 use crate::project::{ColumnType, ProjectionKind};
@@ -22,7 +23,7 @@ use std::collections::BTreeMap;
 #[derive(Debug, thiserror::Error)]
 pub enum ReadModelError {
     /// A location that names no read-model store.
-    #[error("read-model location {0:?} is not understood: use sled:PATH")]
+    #[error("read-model location {0:?} is not understood: use sled:PATH or postgres://USER@HOST:PORT/DB?schema=NAME")]
     BadLocation(String),
     /// sled failed.
     #[error("read-model store {path}")]
@@ -48,6 +49,28 @@ pub enum ReadModelError {
     /// `rollback` with no previous generation.
     #[error("projection {name}: no previous generation to roll back to")]
     NoPrevious { name: String },
+    /// PostgreSQL failed (after retries, for a lost connection).
+    #[error("read-model store {location}")]
+    Postgres {
+        location: String,
+        #[source]
+        source: ::postgres::Error,
+    },
+    /// Streaming rows to PostgreSQL failed (after retries).
+    #[error("read-model store {location}: sending COPY data failed")]
+    Copy {
+        location: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A name that cannot be used as an SQL identifier.
+    #[error("{what} name {name:?} is not allowed: use lowercase letters, digits and _, starting with a letter")]
+    BadName { what: &'static str, name: String },
+    /// Another rebuilder holds the projection.
+    #[error(
+        "projection {name} is being rebuilt by another process (advisory lock held in {location})"
+    )]
+    Busy { name: String, location: String },
     /// A projection the store has never seen.
     #[error("projection {name}: nothing is built for it in this read-model store")]
     UnknownProjection { name: String },
@@ -316,8 +339,11 @@ fn known(
     Ok(meta)
 }
 
-/// Opens a read-model store by location: `sled:PATH`.
+/// Opens a read-model store by location: `sled:PATH` or `postgres://...`.
 pub fn open(location: &str) -> Result<Box<dyn ReadModelStore>, ReadModelError> {
+    if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+        return Ok(Box::new(postgres::PostgresReadModels::open(location)?));
+    }
     Ok(Box::new(sled::SledReadModels::open_location(location)?))
 }
 
