@@ -4,6 +4,7 @@ mod bad_input;
 mod cli;
 mod kill_resume;
 mod laws;
+mod postgres;
 mod rebuild;
 
 use assert_cmd::Command;

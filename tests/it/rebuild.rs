@@ -28,6 +28,36 @@ pub fn rebuild(d: &Path, from: &str, readmodels: &str) -> Command {
     command
 }
 
+/// The same rebuild as a plain std command, to spawn and kill.
+pub fn rebuild_process(d: &Path, from: &str, readmodels: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(assert_cmd::cargo::cargo_bin("recast"));
+    command
+        .current_dir(d)
+        .args([
+            "rebuild",
+            "--from",
+            from,
+            "--readmodels",
+            readmodels,
+            "--upcasters",
+        ])
+        .arg(upcasters())
+        .arg("--projections")
+        .arg(projections());
+    command
+}
+
+/// The demo projections hold the same rows in both stores.
+pub fn assert_same_read_models(d: &Path, one: &str, other: &str) {
+    for name in ["order_summary", "customer_orders", "sku_sales"] {
+        assert_eq!(
+            readmodel_checksum(d, one, name),
+            readmodel_checksum(d, other, name),
+            "{name}: {one} vs {other}"
+        );
+    }
+}
+
 pub fn readmodel_checksum(d: &Path, readmodels: &str, name: &str) -> String {
     let out = recast(d)
         .args(["checksum", "--readmodel", name, "--readmodels", readmodels])

@@ -1,0 +1,232 @@
+//! PostgreSQL read models against the real server at 127.0.0.1:5432 (user postgres, database
+//! test). Without a server these tests print a notice and pass, unless `CI` is set, where an
+//! unreachable server fails them. Each test works in a schema of its own and drops it.
+
+use super::rebuild::{assert_same_read_models, readmodel_checksum, rebuild, rebuild_process};
+use super::{generate, recast};
+use predicates::str::contains;
+use std::process::Stdio;
+use std::time::Duration;
+
+const SERVER: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3";
+
+/// A schema for one test, dropped when the test ends.
+pub struct Schema {
+    pub location: String,
+    name: String,
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        if let Ok(mut client) = postgres::Client::connect(SERVER, postgres::NoTls) {
+            let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+        }
+    }
+}
+
+/// A fresh schema on the test server, or `None` (with a notice) when there is no server.
+pub fn schema(test: &str) -> Option<Schema> {
+    match postgres::Client::connect(SERVER, postgres::NoTls) {
+        Ok(mut client) => {
+            let name = format!("t_{test}_{}", std::process::id());
+            client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                .unwrap();
+            Some(Schema {
+                location: format!("postgres://postgres@127.0.0.1:5432/test?schema={name}"),
+                name,
+            })
+        }
+        Err(error) if std::env::var_os("CI").is_some() => {
+            panic!("PostgreSQL at 127.0.0.1:5432 is unreachable and CI is set: {error}")
+        }
+        Err(error) => {
+            eprintln!("skipped {test}: PostgreSQL at 127.0.0.1:5432 is unreachable ({error})");
+            None
+        }
+    }
+}
+
+fn sql(query: &str) -> Vec<postgres::Row> {
+    postgres::Client::connect(SERVER, postgres::NoTls)
+        .unwrap()
+        .query(query, &[])
+        .unwrap()
+}
+
+#[test]
+fn postgres_read_models_equal_sled_and_swap_through_a_view() {
+    let Some(schema) = schema("equal") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    generate(d, "log.jsonl", 20_000, 800, 4);
+    rebuild(d, "log.jsonl", "sled:rm").assert().success();
+    rebuild(d, "log.jsonl", &schema.location)
+        .args(["--memory-mb", "1"])
+        .assert()
+        .success();
+    assert_same_read_models(d, "sled:rm", &schema.location);
+    // Typed columns are there for SQL readers, through the view of the live generation.
+    let rows = sql(&format!(
+        "SELECT count(*), sum(orders)::bigint FROM {}.customer_orders WHERE orders > 0",
+        schema.name
+    ));
+    let (count, orders): (i64, Option<i64>) = (rows[0].get(0), rows[0].get(1));
+    assert!(count > 0 && orders.is_some_and(|n| n >= count));
+    let status = recast(d)
+        .args(["status", "--json", "--readmodels", &schema.location])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status.as_array().unwrap().len(), 3);
+    assert!(
+        status.as_array().unwrap().iter().all(|r| r["live"] == 1),
+        "{status}"
+    );
+
+    let live = readmodel_checksum(d, &schema.location, "customer_orders");
+    recast(d)
+        .args(["swap", "customer_orders", "--readmodels", &schema.location])
+        .assert()
+        .code(1)
+        .stderr(contains("nothing to swap to"));
+    rebuild(d, "log.jsonl", &schema.location)
+        .args(["customer_orders", "--new"])
+        .assert()
+        .success();
+    recast(d)
+        .args(["swap", "customer_orders", "--readmodels", &schema.location])
+        .assert()
+        .success()
+        .stdout(contains("generation 2 is live"));
+    let view = sql(&format!(
+        "SELECT definition FROM pg_views WHERE schemaname = '{}' AND viewname = 'customer_orders'",
+        schema.name
+    ));
+    assert!(view[0].get::<_, String>(0).contains("customer_orders_g2"));
+    assert_eq!(
+        readmodel_checksum(d, &schema.location, "customer_orders"),
+        live
+    );
+    recast(d)
+        .args([
+            "rollback",
+            "customer_orders",
+            "--readmodels",
+            &schema.location,
+        ])
+        .assert()
+        .success();
+    recast(d)
+        .args(["prune", "customer_orders", "--readmodels", &schema.location])
+        .assert()
+        .success()
+        .stdout(contains("[2]"));
+    let tables = sql(&format!("SELECT count(*) FROM pg_tables WHERE schemaname = '{}' AND tablename = 'customer_orders_g2'", schema.name));
+    assert_eq!(tables[0].get::<_, i64>(0), 0);
+}
+
+#[test]
+fn a_second_rebuilder_is_refused_by_the_advisory_lock() {
+    let Some(schema) = schema("lock") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    generate(d, "log.jsonl", 200_000, 5_000, 6);
+    let mut first = rebuild_process(d, "log.jsonl", &schema.location)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let second = rebuild(d, "log.jsonl", &schema.location).output().unwrap();
+    let still_running = first.try_wait().unwrap().is_none();
+    first.kill().ok();
+    first.wait().unwrap();
+    assert!(
+        still_running,
+        "the first rebuild ended before the second started"
+    );
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("is being rebuilt by another process"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+}
+
+#[test]
+fn killed_mid_copy_resumes_to_the_uninterrupted_result() {
+    let Some(schema) = schema("kill") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    generate(d, "log.jsonl", 200_000, 5_000, 7);
+    rebuild(d, "log.jsonl", "sled:reference").assert().success();
+    let mut kills_that_landed = 0;
+    for attempt in 0..4u64 {
+        let mut child = rebuild_process(d, "log.jsonl", &schema.location)
+            .args(["--memory-mb", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(700 + 500 * attempt));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills_that_landed += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(
+        kills_that_landed >= 2,
+        "only {kills_that_landed} kills hit a running rebuild"
+    );
+    rebuild(d, "log.jsonl", &schema.location)
+        .args(["--memory-mb", "1"])
+        .assert()
+        .success();
+    assert_same_read_models(d, "sled:reference", &schema.location);
+}
+
+#[test]
+fn a_terminated_backend_is_reconnected_and_nothing_is_half_applied() {
+    let Some(schema) = schema("terminate") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    generate(d, "log.jsonl", 200_000, 5_000, 9);
+    rebuild(d, "log.jsonl", "sled:reference").assert().success();
+    let child = rebuild_process(d, "log.jsonl", &schema.location)
+        .args(["--memory-mb", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut terminated = 0i64;
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(800));
+        let rows = sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'recast' AND pid <> pg_backend_pid()");
+        terminated += rows[0].get::<_, i64>(0);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(terminated > 0, "no recast backend was running to terminate");
+    // Either the rebuild rode out the terminations, or it stopped cleanly; a resume finishes it.
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("read-model store postgres://127.0.0.1:5432/test"),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("postgres@"),
+            "the location in errors must not carry credentials: {stderr}"
+        );
+        rebuild(d, "log.jsonl", &schema.location)
+            .args(["--memory-mb", "1"])
+            .assert()
+            .success();
+    }
+    assert_same_read_models(d, "sled:reference", &schema.location);
+}
