@@ -40,11 +40,14 @@ struct Settings {
     shown: String,
 }
 
+/// How a generation's table looks: its projection kind and typed columns.
+type TableShape = (ProjectionKind, Vec<(String, ColumnType)>);
+
 /// The PostgreSQL read-model store.
 pub struct PostgresReadModels {
     settings: Settings,
     client: Mutex<Client>,
-    tables: Mutex<HashMap<(String, u32), (ProjectionKind, Vec<(String, ColumnType)>)>>,
+    tables: Mutex<HashMap<(String, u32), TableShape>>,
 }
 
 const RETRIES: u32 = 6;
