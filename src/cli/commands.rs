@@ -305,8 +305,12 @@ pub async fn demo(args: RunArgs, config: &Config, json: bool) -> Result<(), Fail
         on_error: None,
         follow: false,
         new_generation: false,
+        worker: false,
+        lease_seconds: 30,
     };
-    let report = super::rebuild::rebuild(rebuild_args, config, json).await?;
+    let report = super::rebuild::rebuild(rebuild_args, config, json)
+        .await?
+        .ok_or_else(|| Failure::Usage("the demo rebuild runs in one process".into()))?;
     output::rebuild(&report, json);
     let store =
         super::rebuild::open_store(&super::rebuild::ReadModelFlags { readmodels: None }, config)?;

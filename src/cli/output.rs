@@ -324,3 +324,19 @@ pub fn sample(projection: &str, rows: &[(String, serde_json::Value)], as_json: b
         println!("  {key}: {row}");
     }
 }
+
+/// The report of `rebuild --worker`.
+pub fn worker(report: &recast::project::workers::WorkerReport, as_json: bool) {
+    if as_json {
+        return json(report);
+    }
+    let how = if report.stopped {
+        "worker stopped"
+    } else {
+        "worker done"
+    };
+    println!(
+        "{how}: {} events read, finished partitions {:?}, lost {:?}",
+        report.events_read, report.finished, report.lost
+    );
+}

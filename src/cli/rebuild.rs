@@ -52,6 +52,13 @@ pub struct RebuildArgs {
     /// Start a new generation beside the live one even if the newest could be continued.
     #[arg(long = "new")]
     pub new_generation: bool,
+    /// Share the rebuild with other workers through the (PostgreSQL) read-model store:
+    /// claim free partitions until none is left. Snapshot projections only.
+    #[arg(long)]
+    pub worker: bool,
+    /// With --worker: seconds a claim lives without being renewed by a window.
+    #[arg(long, default_value_t = 30)]
+    pub lease_seconds: u32,
 }
 
 /// `recast swap|rollback|prune NAME`
@@ -117,11 +124,12 @@ fn rebuild_source(flag: Option<&String>, config: &Config) -> Result<Location, Fa
     Ok(Location::parse(text)?)
 }
 
+/// Runs a rebuild; `None` when it ran as a worker, which prints its own report.
 pub async fn rebuild(
     args: RebuildArgs,
     config: &Config,
     json: bool,
-) -> Result<RebuildReport, Failure> {
+) -> Result<Option<RebuildReport>, Failure> {
     let location = rebuild_source(args.from.as_ref(), config)?;
     let source = open_source(&location)?;
     let registry = Registry::load_dir(args.upcasters.as_ref().unwrap_or(&config.upcasters.dir))?;
@@ -145,6 +153,19 @@ pub async fn rebuild(
         options,
     };
     let stop = super::commands::stop_on_ctrl_c();
+    if args.worker {
+        let owner = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+        let worker = recast::project::workers::WorkerOptions {
+            owner,
+            lease_seconds: args.lease_seconds.max(1),
+        };
+        let report = rebuilder.run_worker(&worker, &stop, &|_| {})?;
+        output::worker(&report, json);
+        if report.stopped {
+            return Err(Failure::Interrupted);
+        }
+        return Ok(None);
+    }
     // Every lane reads the whole log, so the total is the log times the lanes.
     let total = super::commands::known_total(source.as_ref(), &location)
         .await
@@ -157,7 +178,7 @@ pub async fn rebuild(
         output::rebuild(&report, json);
         return Err(Failure::Interrupted);
     }
-    Ok(report)
+    Ok(Some(report))
 }
 
 pub async fn rebuild_command(
@@ -165,8 +186,9 @@ pub async fn rebuild_command(
     config: &Config,
     json: bool,
 ) -> Result<(), Failure> {
-    let report = rebuild(args, config, json).await?;
-    output::rebuild(&report, json);
+    if let Some(report) = rebuild(args, config, json).await? {
+        output::rebuild(&report, json);
+    }
     Ok(())
 }
 

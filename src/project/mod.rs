@@ -21,6 +21,7 @@ pub mod fold;
 pub mod ops;
 pub mod rebuild;
 pub mod testing;
+pub mod workers;
 
 use crate::event::Event;
 use crate::upcast::BoxError;

@@ -18,7 +18,7 @@ use super::fold::{Dirty, Fold, FoldError, Member};
 use super::{ProjectionKind, ProjectionSet};
 use crate::migrate::ErrorPolicy;
 use crate::readmodel::{
-    Generation, PartCheckpoint, PartId, ReadModelError, ReadModelStore, RowWrite, Window,
+    Generation, Lease, PartCheckpoint, PartId, ReadModelError, ReadModelStore, RowWrite, Window,
 };
 use crate::store::{EventSource, StoreError};
 use crate::upcast::{Registry, UpcastError};
@@ -44,6 +44,9 @@ pub enum RebuildError {
     /// A projection failed on an event under the `stop` policy.
     #[error(transparent)]
     Projection(#[from] Box<FoldError>),
+    /// Workers share snapshot rebuilds only.
+    #[error("projection {name} is a table: workers share snapshot rebuilds only (tables keep log order in one process)")]
+    WorkersNeedSnapshots { name: String },
     /// A lane's thread panicked.
     #[error("a rebuild lane stopped unexpectedly")]
     LanePanicked,
@@ -108,15 +111,17 @@ pub struct RebuildReport {
 
 /// A member of a lane: which projection generation, which partition.
 #[derive(Clone)]
-struct LaneMember {
-    projection: usize,
-    part: PartId,
+pub(super) struct LaneMember {
+    pub(super) projection: usize,
+    pub(super) part: PartId,
 }
 
-struct Lane {
-    partition: u32,
-    of: u32,
-    members: Vec<LaneMember>,
+pub(super) struct Lane {
+    pub(super) partition: u32,
+    pub(super) of: u32,
+    pub(super) members: Vec<LaneMember>,
+    /// For a worker: the claim the lane's windows are written under.
+    pub(super) lease: Option<Lease>,
 }
 
 /// A rebuild of a set of projections from a source into a read-model store.
@@ -141,10 +146,9 @@ pub fn stream_partition(stream: &str, partitions: u32) -> u32 {
 
 impl Rebuilder<'_> {
     /// Picks (and records) the generation each projection builds.
-    fn generations(&self) -> Result<Vec<(u32, u32)>, ReadModelError> {
+    pub(super) fn generations(&self) -> Result<Vec<(u32, u32)>, ReadModelError> {
         let mut picked = Vec::new();
         for projection in self.projections.all() {
-            self.store.lock_projection(projection.name())?;
             let mut meta = self.store.meta(projection.name())?;
             let partitions = if projection.kind() == ProjectionKind::Snapshot {
                 self.options.partitions.max(1)
@@ -206,6 +210,7 @@ impl Rebuilder<'_> {
                 partition: 0,
                 of: 1,
                 members: (0..generations.len()).map(|i| member(i, 0)).collect(),
+                lease: None,
             }];
         }
         let mut lanes: Vec<Lane> = (0..partitions)
@@ -213,6 +218,7 @@ impl Rebuilder<'_> {
                 partition: p,
                 of: partitions,
                 members: snapshots.iter().map(|&i| member(i, p)).collect(),
+                lease: None,
             })
             .collect();
         let rest: Vec<LaneMember> = (0..generations.len())
@@ -224,6 +230,7 @@ impl Rebuilder<'_> {
                 partition: 0,
                 of: 1,
                 members: rest,
+                lease: None,
             });
         }
         lanes
@@ -251,6 +258,9 @@ impl Rebuilder<'_> {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<RebuildReport, RebuildError> {
         let started = Instant::now();
+        for projection in self.projections.all() {
+            self.store.lock_projection(projection.name())?;
+        }
         let generations = self.generations()?;
         let lanes = self.lanes(&generations);
         let lane_count = lanes.len();
@@ -305,7 +315,7 @@ impl Rebuilder<'_> {
     }
 
     /// Marks the generations complete; the first one of a projection goes live.
-    fn finish(&self, generations: &[(u32, u32)]) -> Result<(), RebuildError> {
+    pub(super) fn finish(&self, generations: &[(u32, u32)]) -> Result<(), RebuildError> {
         for (projection, (generation, _)) in self.projections.all().iter().zip(generations) {
             let mut meta = self.store.meta(projection.name())?;
             if let Some(g) = meta.generations.get_mut(generation) {
@@ -340,7 +350,7 @@ impl Rebuilder<'_> {
     }
 
     /// One pass over the log; `Ok(true)` when it ran to the end, `Ok(false)` when stopped.
-    async fn run_lane(
+    pub(super) async fn run_lane(
         &self,
         lane: Lane,
         window_bytes: usize,
@@ -498,6 +508,7 @@ impl Rebuilder<'_> {
             rows,
             checkpoints,
             dead_letters,
+            lease: lane.lease.clone(),
         })?;
         Ok(())
     }

@@ -71,6 +71,16 @@ pub enum ReadModelError {
         "projection {name} is being rebuilt by another process (advisory lock held in {location})"
     )]
     Busy { name: String, location: String },
+    /// Workers share a rebuild through a server; this store has none.
+    #[error("read-model store {location} cannot coordinate workers: use a postgres:// store")]
+    NoWorkers { location: String },
+    /// Another worker took over this worker's partition.
+    #[error("projection {name}: partition {partition} of generation {generation} was taken over by another worker (its lease expired)")]
+    LeaseLost {
+        name: String,
+        generation: u32,
+        partition: u32,
+    },
     /// A projection the store has never seen.
     #[error("projection {name}: nothing is built for it in this read-model store")]
     UnknownProjection { name: String },
@@ -177,6 +187,20 @@ pub struct Window {
     pub checkpoints: Vec<(PartId, PartCheckpoint)>,
     /// Dead letters recorded in this window, with the log position of their event.
     pub dead_letters: Vec<(PartId, u64, DeadLetter)>,
+    /// For a worker: the claim this window is written under. The store renews it in the same
+    /// transaction and refuses the window if another worker has taken the partition over.
+    pub lease: Option<Lease>,
+}
+
+/// A worker's claim on one partition of a generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    /// The partition claimed.
+    pub part: PartId,
+    /// Who holds it.
+    pub owner: String,
+    /// How long a claim lives without being renewed.
+    pub seconds: u32,
 }
 
 /// A place where read models live. Methods take `&self`; [`ReadModelStore::fork`] gives a lane
@@ -233,6 +257,51 @@ pub trait ReadModelStore: Send + Sync {
     fn commit(&self, window: Window) -> Result<(), ReadModelError>;
     /// Drops a generation's rows, checkpoints and dead letters (not its meta entry).
     fn drop_generation(&self, name: &str, generation: u32) -> Result<(), ReadModelError>;
+
+    /// Like [`lock_projection`](Self::lock_projection), but waits for the holder instead of
+    /// refusing: workers take turns choosing the generation this way.
+    fn wait_for_projection(&self, name: &str) -> Result<(), ReadModelError> {
+        self.lock_projection(name)
+    }
+    /// Gives up the right taken by [`lock_projection`](Self::lock_projection).
+    fn unlock_projection(&self, _name: &str) -> Result<(), ReadModelError> {
+        Ok(())
+    }
+    /// Creates the claim rows of a generation's partitions, for workers (once; idempotent).
+    fn claims_init(
+        &self,
+        _name: &str,
+        _generation: u32,
+        _partitions: u32,
+    ) -> Result<(), ReadModelError> {
+        Err(ReadModelError::NoWorkers {
+            location: self.describe(),
+        })
+    }
+    /// Claims a free partition (unclaimed, or whose lease expired), if any.
+    fn claim(
+        &self,
+        _name: &str,
+        _generation: u32,
+        _owner: &str,
+        _seconds: u32,
+    ) -> Result<Option<u32>, ReadModelError> {
+        Err(ReadModelError::NoWorkers {
+            location: self.describe(),
+        })
+    }
+    /// Marks a claimed partition done.
+    fn claim_done(&self, _lease: &Lease) -> Result<(), ReadModelError> {
+        Err(ReadModelError::NoWorkers {
+            location: self.describe(),
+        })
+    }
+    /// How many partitions of a generation are not done.
+    fn claims_left(&self, _name: &str, _generation: u32) -> Result<u64, ReadModelError> {
+        Err(ReadModelError::NoWorkers {
+            location: self.describe(),
+        })
+    }
 
     /// Up to `limit` rows of a generation, in key order.
     fn rows(

@@ -55,6 +55,8 @@ const RETRIES: u32 = 6;
 /// What can go wrong inside one unit of work on the connection.
 enum Failure {
     Sql(postgres::Error),
+    /// A worker's window whose lease another worker has taken.
+    LeaseLost(super::Lease),
     /// Writing COPY data failed: the connection is gone.
     Copy(std::io::Error),
 }
@@ -172,7 +174,8 @@ impl PostgresReadModels {
              CREATE TABLE IF NOT EXISTS {s}.recast_meta (name text PRIMARY KEY, meta jsonb NOT NULL);
              CREATE TABLE IF NOT EXISTS {s}.recast_tables (name text, generation int, kind text NOT NULL, columns jsonb NOT NULL, PRIMARY KEY (name, generation));
              CREATE TABLE IF NOT EXISTS {s}.recast_checkpoints (name text, generation int, partition int, checkpoint jsonb NOT NULL, PRIMARY KEY (name, generation, partition));
-             CREATE TABLE IF NOT EXISTS {s}.recast_dead_letters (name text, generation int, position bigint, seq int, letter jsonb NOT NULL);"
+             CREATE TABLE IF NOT EXISTS {s}.recast_dead_letters (name text, generation int, position bigint, seq int, letter jsonb NOT NULL);
+             CREATE TABLE IF NOT EXISTS {s}.recast_claims (name text, generation int, partition int, owner text, lease_until timestamptz, done boolean NOT NULL DEFAULT false, PRIMARY KEY (name, generation, partition));"
         );
         // Two processes creating the same schema at once can collide; the second attempt finds it.
         if client.batch_execute(&ddl).is_err() {
@@ -224,7 +227,7 @@ impl PostgresReadModels {
             let lost = match &result {
                 Err(Failure::Sql(error)) => error.is_closed() || client.is_closed(),
                 Err(Failure::Copy(_)) => true,
-                Ok(_) => false,
+                Err(Failure::LeaseLost(_)) | Ok(_) => false,
             };
             match result {
                 Ok(value) => return Ok(value),
@@ -240,6 +243,13 @@ impl PostgresReadModels {
                     return Err(ReadModelError::Copy {
                         location: self.settings.shown.clone(),
                         source,
+                    })
+                }
+                Err(Failure::LeaseLost(lease)) => {
+                    return Err(ReadModelError::LeaseLost {
+                        name: lease.part.projection,
+                        generation: lease.part.generation,
+                        partition: lease.part.partition,
                     })
                 }
             }
@@ -556,8 +566,18 @@ impl ReadModelStore for PostgresReadModels {
                 )
             })
             .collect();
+        let lease = window.lease.clone();
         self.with_client_copy(|c| {
             let mut tx = c.transaction()?;
+            if let Some(lease) = &lease {
+                let renewed = tx.execute(
+                    &format!("UPDATE {schema}.recast_claims SET lease_until = now() + make_interval(secs => $5) WHERE name = $1 AND generation = $2 AND partition = $3 AND owner = $4"),
+                    &[&lease.part.projection, &(lease.part.generation as i32), &(lease.part.partition as i32), &lease.owner, &f64::from(lease.seconds)],
+                )?;
+                if renewed == 0 {
+                    return Err(Failure::LeaseLost(lease.clone()));
+                }
+            }
             tx.batch_execute("CREATE TEMP TABLE IF NOT EXISTS recast_stage (name text, generation int, key text, doc jsonb) ON COMMIT DELETE ROWS")?;
             if !copy.is_empty() {
                 let mut writer = tx.copy_in("COPY recast_stage (name, generation, key, doc) FROM STDIN")?;
@@ -587,6 +607,83 @@ impl ReadModelStore for PostgresReadModels {
         })
     }
 
+    fn wait_for_projection(&self, name: &str) -> Result<(), ReadModelError> {
+        let key = format!("recast:{}:{name}", self.settings.schema);
+        self.with_client(|c| c.execute("SELECT pg_advisory_lock(hashtext($1))", &[&key]))?;
+        Ok(())
+    }
+
+    fn unlock_projection(&self, name: &str) -> Result<(), ReadModelError> {
+        let key = format!("recast:{}:{name}", self.settings.schema);
+        self.with_client(|c| c.execute("SELECT pg_advisory_unlock(hashtext($1))", &[&key]))?;
+        Ok(())
+    }
+
+    fn claims_init(
+        &self,
+        name: &str,
+        generation: u32,
+        partitions: u32,
+    ) -> Result<(), ReadModelError> {
+        let schema = self.schema();
+        self.with_client(|c| {
+            c.execute(
+                &format!("INSERT INTO {schema}.recast_claims (name, generation, partition) SELECT $1, $2, p FROM generate_series(0, $3 - 1) p ON CONFLICT DO NOTHING"),
+                &[&name, &(generation as i32), &(partitions as i32)],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn claim(
+        &self,
+        name: &str,
+        generation: u32,
+        owner: &str,
+        seconds: u32,
+    ) -> Result<Option<u32>, ReadModelError> {
+        let schema = self.schema();
+        let row = self.with_client(|c| {
+            c.query_opt(
+                &format!(
+                    "UPDATE {schema}.recast_claims SET owner = $3, lease_until = now() + make_interval(secs => $4)
+                     WHERE (name, generation, partition) = (
+                       SELECT name, generation, partition FROM {schema}.recast_claims
+                       WHERE name = $1 AND generation = $2 AND NOT done AND (owner IS NULL OR lease_until < now())
+                       ORDER BY partition LIMIT 1 FOR UPDATE SKIP LOCKED)
+                     RETURNING partition"
+                ),
+                &[&name, &(generation as i32), &owner, &f64::from(seconds)],
+            )
+        })?;
+        Ok(row.map(|r| r.get::<_, i32>(0) as u32))
+    }
+
+    fn claim_done(&self, lease: &super::Lease) -> Result<(), ReadModelError> {
+        let schema = self.schema();
+        let part = &lease.part;
+        let updated = self.with_client(|c| {
+            c.execute(
+                &format!("UPDATE {schema}.recast_claims SET done = true WHERE name = $1 AND generation = $2 AND partition = $3 AND owner = $4"),
+                &[&part.projection, &(part.generation as i32), &(part.partition as i32), &lease.owner],
+            )
+        })?;
+        if updated == 0 {
+            return Err(ReadModelError::LeaseLost {
+                name: part.projection.clone(),
+                generation: part.generation,
+                partition: part.partition,
+            });
+        }
+        Ok(())
+    }
+
+    fn claims_left(&self, name: &str, generation: u32) -> Result<u64, ReadModelError> {
+        let schema = self.schema();
+        let row = self.with_client(|c| c.query_one(&format!("SELECT count(*) FROM {schema}.recast_claims WHERE name = $1 AND generation = $2 AND NOT done"), &[&name, &(generation as i32)]))?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
     fn drop_generation(&self, name: &str, generation: u32) -> Result<(), ReadModelError> {
         Self::check_name(name)?;
         let schema = self.schema();
@@ -594,7 +691,12 @@ impl ReadModelStore for PostgresReadModels {
         self.with_client(|c| {
             let mut tx = c.transaction()?;
             tx.batch_execute(&format!("DROP TABLE IF EXISTS {table}"))?;
-            for bookkeeping in ["recast_checkpoints", "recast_dead_letters", "recast_tables"] {
+            for bookkeeping in [
+                "recast_checkpoints",
+                "recast_dead_letters",
+                "recast_tables",
+                "recast_claims",
+            ] {
                 tx.execute(
                     &format!(
                         "DELETE FROM {schema}.{bookkeeping} WHERE name = $1 AND generation = $2"

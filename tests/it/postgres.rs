@@ -230,3 +230,67 @@ fn a_terminated_backend_is_reconnected_and_nothing_is_half_applied() {
     }
     assert_same_read_models(d, "sled:reference", &schema.location);
 }
+
+#[test]
+fn three_workers_share_a_rebuild_and_survive_a_killed_one() {
+    let Some(schema) = schema("workers") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    generate(d, "log.jsonl", 150_000, 6_000, 12);
+    rebuild(d, "log.jsonl", "sled:reference")
+        .arg("order_summary")
+        .assert()
+        .success();
+    let worker = || {
+        rebuild_process(d, "log.jsonl", &schema.location)
+            .args([
+                "order_summary",
+                "--worker",
+                "--partitions",
+                "6",
+                "--lease-seconds",
+                "2",
+                "--memory-mb",
+                "1",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut doomed = worker();
+    let survivors = [worker(), worker()];
+    std::thread::sleep(Duration::from_millis(1200));
+    let killed = doomed.try_wait().unwrap().is_none();
+    doomed.kill().ok();
+    doomed.wait().unwrap();
+    assert!(
+        killed,
+        "the first worker finished before it could be killed"
+    );
+    let mut finished = 0;
+    for survivor in survivors {
+        let out = survivor.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("worker done"), "{text}");
+        finished += text.matches("(\"order_summary\", ").count();
+    }
+    assert!(finished >= 1, "the survivors finished no partition");
+    assert_eq!(
+        readmodel_checksum(d, &schema.location, "order_summary"),
+        readmodel_checksum(d, "sled:reference", "order_summary"),
+        "workers, one of them killed, must build what one process builds"
+    );
+    let claims = sql(&format!(
+        "SELECT count(*) FROM {}.recast_claims WHERE done",
+        schema.name
+    ));
+    assert_eq!(claims[0].get::<_, i64>(0), 6);
+}
