@@ -69,7 +69,7 @@ pub async fn known_total(source: &dyn EventSource, location: &Location) -> Optio
             .ok()
             .flatten()
             .map(|last| last + 1),
-        Location::Jsonl(_) => None,
+        Location::Jsonl(_) | Location::Esdb(_) => None,
     }
 }
 

@@ -268,13 +268,18 @@ impl Rebuilder<'_> {
         let caught_up = AtomicUsize::new(0);
         let finish_lock = Mutex::new(());
         let window = self.options.window_bytes / lane_count.max(1);
+        // Sources on a network client (EventStoreDB) need the async runtime's context in the
+        // lanes' threads; file and sled sources do not care.
+        let runtime = tokio::runtime::Handle::try_current().ok();
         let results: Vec<Result<bool, RebuildError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = lanes
                 .into_iter()
                 .map(|lane| {
                     let (read, caught_up, finish_lock, generations) =
                         (&read, &caught_up, &finish_lock, &generations);
+                    let runtime = runtime.clone();
                     scope.spawn(move || {
+                        let _context = runtime.as_ref().map(|r| r.enter());
                         let on_caught_up = || {
                             if caught_up.fetch_add(1, Ordering::SeqCst) + 1 == lane_count {
                                 let _guard = finish_lock.lock();

@@ -13,6 +13,7 @@
 //! [`SinkMark`] that a checkpoint stores. [`EventSink::restore`] takes that mark back on resume.
 
 pub mod digest;
+pub mod esdb;
 mod heads;
 pub mod jsonl;
 pub mod sled_store;
@@ -96,6 +97,20 @@ pub enum StoreError {
     /// A target that already holds events recast did not write.
     #[error("target {target} already holds events; migrate into an empty target or resume the job that wrote it")]
     TargetNotEmpty { target: String },
+    /// EventStoreDB failed or refused.
+    #[error("event store {location}")]
+    Esdb {
+        location: String,
+        #[source]
+        source: Box<eventstore::Error>,
+    },
+    /// A record of an external store that does not map to an envelope.
+    #[error("stream {stream}, revision {revision}: {reason}")]
+    BadRecord {
+        stream: String,
+        revision: u64,
+        reason: String,
+    },
     /// A mark from a checkpoint that does not fit this sink.
     #[error("checkpoint does not fit {target}: {reason}")]
     BadMark { target: String, reason: String },
@@ -278,6 +293,8 @@ pub enum Location {
     Jsonl(PathBuf),
     /// The embedded sled event store (a folder).
     Sled(PathBuf),
+    /// An EventStoreDB / KurrentDB server (the whole `esdb://` location).
+    Esdb(String),
 }
 
 impl Location {
@@ -288,6 +305,9 @@ impl Location {
         }
         if let Some(path) = text.strip_prefix("sled:") {
             return non_empty(path, text).map(Location::Sled);
+        }
+        if text.starts_with("esdb://") || text.starts_with("esdb+discover://") {
+            return Ok(Location::Esdb(text.to_string()));
         }
         if text.contains("://") || text.is_empty() {
             return Err(StoreError::BadLocation(text.to_string()));
@@ -308,6 +328,7 @@ impl Location {
     pub fn path(&self) -> &Path {
         match self {
             Location::Jsonl(path) | Location::Sled(path) => path,
+            Location::Esdb(_) => Path::new(""),
         }
     }
 }
@@ -317,6 +338,7 @@ impl std::fmt::Display for Location {
         match self {
             Location::Jsonl(path) => write!(f, "jsonl:{}", path.display()),
             Location::Sled(path) => write!(f, "sled:{}", path.display()),
+            Location::Esdb(text) => f.write_str(&crate::readmodel::postgres::redact(text)),
         }
     }
 }
@@ -334,6 +356,7 @@ pub fn open_source(location: &Location) -> Result<Box<dyn EventSource>, StoreErr
     Ok(match location {
         Location::Jsonl(path) => Box::new(jsonl::JsonlSource::open(path)?),
         Location::Sled(path) => Box::new(sled_store::SledStore::open(path)?),
+        Location::Esdb(text) => Box::new(esdb::EsdbStore::open(text)?),
     })
 }
 
@@ -342,6 +365,7 @@ pub fn open_sink(location: &Location) -> Result<Box<dyn EventSink>, StoreError> 
     Ok(match location {
         Location::Jsonl(path) => Box::new(jsonl::JsonlSink::open(path)?),
         Location::Sled(path) => Box::new(sled_store::SledStore::open(path)?),
+        Location::Esdb(text) => Box::new(esdb::EsdbStore::open(text)?),
     })
 }
 
@@ -364,7 +388,11 @@ mod tests {
             Location::Jsonl("out/log.jsonl".into())
         );
         assert!(Location::parse("sled:").is_err());
-        assert!(Location::parse("esdb://localhost:2113").is_err());
+        assert!(matches!(
+            Location::parse("esdb://localhost:2113?tls=false"),
+            Ok(Location::Esdb(_))
+        ));
+        assert!(Location::parse("http://localhost:2113").is_err());
         assert!(Location::parse("no-such-thing.txt").is_err());
     }
 

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod cli;
+mod esdb;
 mod kill_resume;
 mod laws;
 mod postgres;
