@@ -10,6 +10,9 @@
 //! - rebuild the demo projections from the JSONL log into sled, with the state in memory
 //!   (a 1 GiB window) and with a small memory bound (4 MiB).
 //!
+//! When PostgreSQL answers at `RECAST_BENCH_PG` (default the local test server), it also times
+//! the same rebuild into PostgreSQL beside `psql \copy` of the same final rows (rows/s).
+//!
 //! The table goes to stdout, the figures as JSON to `target/pipeline.json`.
 
 use recast::checkpoint::CheckpointStore;
@@ -98,6 +101,94 @@ fn rebuild(log: &Path, work: &Path, registry: &Registry, window_bytes: usize) {
     assert!(!report.stopped);
 }
 
+/// Rebuild into PostgreSQL, then `psql \copy` of the same final rows into a fresh table:
+/// seconds of each, and the number of rows.
+fn postgres_rounds(
+    log: &Path,
+    work: &Path,
+    registry: &Registry,
+    location: &str,
+) -> Option<(f64, f64, u64)> {
+    use recast::project::rebuild::{RebuildOptions, Rebuilder};
+    use recast::project::ProjectionSet;
+    use recast::readmodel::postgres::PostgresReadModels;
+    use recast::readmodel::ReadModelStore;
+    let mut admin = postgres::Client::connect(
+        "host=127.0.0.1 user=postgres dbname=test connect_timeout=3",
+        postgres::NoTls,
+    )
+    .ok()?;
+    admin
+        .batch_execute("DROP SCHEMA IF EXISTS recast_bench CASCADE")
+        .ok()?;
+    let store = PostgresReadModels::open(location).ok()?;
+    let source = JsonlSource::open(log).expect("log opens");
+    let projections =
+        ProjectionSet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("projections"))
+            .expect("projections load");
+    let rebuilder = Rebuilder {
+        source: &source,
+        registry,
+        projections: &projections,
+        store: &store,
+        options: RebuildOptions::default(),
+    };
+    let started = Instant::now();
+    rebuilder
+        .run(&AtomicBool::new(false), &|_| {})
+        .expect("rebuild into PostgreSQL runs");
+    let rebuild_seconds = started.elapsed().as_secs_f64();
+    // The same final rows, as psql would load them: one COPY file per projection.
+    let mut rows = 0u64;
+    let mut files = Vec::new();
+    for projection in projections.all() {
+        let path = work.join(format!("{}.copy", projection.name()));
+        let mut text = String::new();
+        store
+            .scan_rows(projection.name(), 1, &mut |key, value| {
+                text.push_str(&format!(
+                    "{}\t{}\n",
+                    key.replace('\\', "\\\\").replace('\t', "\\t"),
+                    value.to_string().replace('\\', "\\\\")
+                ));
+                rows += 1;
+                true
+            })
+            .expect("rows read");
+        std::fs::write(&path, text).expect("copy file writes");
+        files.push(path);
+    }
+    for index in 0..files.len() {
+        admin.batch_execute(&format!("CREATE TABLE recast_bench.copy_{index} (key text COLLATE \"C\" PRIMARY KEY, doc jsonb NOT NULL)")).ok()?;
+    }
+    let started = Instant::now();
+    for (index, file) in files.iter().enumerate() {
+        let status = std::process::Command::new("psql")
+            .args([
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "test",
+                "-c",
+            ])
+            .arg(format!(
+                "\\copy recast_bench.copy_{index} FROM '{}'",
+                file.display()
+            ))
+            .status()
+            .ok()?;
+        assert!(status.success(), "psql \\copy failed");
+    }
+    let copy_seconds = started.elapsed().as_secs_f64();
+    admin
+        .batch_execute("DROP SCHEMA IF EXISTS recast_bench CASCADE")
+        .ok()?;
+    Some((rebuild_seconds, copy_seconds, rows))
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]
@@ -180,7 +271,34 @@ fn main() {
         );
         json.push(serde_json::json!({"pipeline": name, "events_per_second": rate, "ratio_to_b_raw": rate / b_raw, "ratio_to_b_val": rate / b_val}));
     }
-    let report = serde_json::json!({"events": events, "rounds": rounds, "results": json});
+    let location = std::env::var("RECAST_BENCH_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test?schema=recast_bench".into());
+    let mut postgres_json = serde_json::Value::Null;
+    let measured: Vec<(f64, f64, u64)> = (0..rounds)
+        .filter_map(|_| postgres_rounds(&log, work.path(), &registry, &location))
+        .collect();
+    if let Some(&(_, _, rows)) = measured.first() {
+        let rebuild = median(measured.iter().map(|m| m.0).collect());
+        let copy = median(measured.iter().map(|m| m.1).collect());
+        let (rebuild_rate, copy_rate) = (rows as f64 / rebuild, rows as f64 / copy);
+        println!(
+            "{:<34} {:>14.0} rows/s ({} final rows; {:.0} events/s)",
+            "rebuild -> PostgreSQL",
+            rebuild_rate,
+            rows,
+            events as f64 / rebuild
+        );
+        println!(
+            "{:<34} {:>14.0} rows/s   ratio {:.2}",
+            "psql \\copy of the same rows",
+            copy_rate,
+            rebuild_rate / copy_rate
+        );
+        postgres_json = serde_json::json!({"rows": rows, "rebuild_rows_per_second": rebuild_rate, "rebuild_events_per_second": events as f64 / rebuild, "psql_copy_rows_per_second": copy_rate, "ratio": rebuild_rate / copy_rate});
+    } else {
+        println!("PostgreSQL not reachable at {location}: its rows are left out");
+    }
+    let report = serde_json::json!({"events": events, "rounds": rounds, "results": json, "postgres": postgres_json});
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pipeline.json");
     std::fs::write(
         &path,

@@ -294,3 +294,19 @@ fn three_workers_share_a_rebuild_and_survive_a_killed_one() {
     ));
     assert_eq!(claims[0].get::<_, i64>(0), 6);
 }
+
+#[test]
+fn a_million_events_into_postgres_equal_the_sled_read_models() {
+    let Some(schema) = schema("million") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    generate(d, "log.jsonl", 1_000_000, 20_000, 17);
+    rebuild(d, "log.jsonl", "sled:rm").assert().success();
+    rebuild(d, "log.jsonl", &schema.location)
+        .args(["--memory-mb", "64"])
+        .assert()
+        .success();
+    assert_same_read_models(d, "sled:rm", &schema.location);
+}
