@@ -51,6 +51,9 @@ pub struct Dirty {
     size: usize,
 }
 
+/// Changes of one source event not merged yet: ((member, key), state, revision).
+type Staged = Vec<((usize, String), Option<Value>, u64)>;
+
 /// Loads a stored state: (member index, key) -> state, if stored.
 pub type Loader<'a> =
     dyn Fn(usize, &str) -> Result<Option<Value>, crate::readmodel::ReadModelError> + 'a;
@@ -118,51 +121,63 @@ impl Fold {
         })
     }
 
-    /// Applies one event to every member that wants it; `only` filters members (partitions).
+    /// Applies the outputs of one source event (one event, or the events an upcaster split it
+    /// into) to every member that wants them; `only` filters members (partitions). Nothing of
+    /// the source event is merged unless all of it applied (or, under `skip` and
+    /// `dead-letter`, the failing outputs were set aside).
     pub fn apply(
         &mut self,
-        event: &Event,
+        outputs: &[Event],
         load: &Loader<'_>,
         only: &dyn Fn(usize, &Event) -> bool,
     ) -> Result<(), Box<FoldError>> {
-        let position = event.position.unwrap_or_default();
-        let mut data: Option<std::borrow::Cow<'_, Value>> = None;
-        let mut changes = Vec::new();
-        for member in 0..self.members.len() {
-            let m = &self.members[member];
-            if m.checkpoint.position.is_some_and(|p| position <= p)
-                || !m.projection.handles(event)
-                || !only(member, event)
-            {
-                continue;
-            }
-            if data.is_none() {
-                let parsed = event
-                    .data
-                    .as_value()
-                    .map_err(|e| self.failure(member, event, Box::new(e)))?;
-                data = Some(parsed);
-            }
-            let data: &Value = data.as_ref().expect("parsed above");
-            match self.stage(member, event, data, load) {
-                Ok(staged) => changes.push((member, staged)),
-                // Under `stop` this returns before any member's change is merged.
-                Err(source) => self.fail(member, event, source)?,
+        let mut overlay: Staged = Vec::new();
+        let mut applied = Vec::new();
+        for event in outputs {
+            let position = event.position.unwrap_or_default();
+            let mut data: Option<std::borrow::Cow<'_, Value>> = None;
+            for member in 0..self.members.len() {
+                let m = &self.members[member];
+                if m.checkpoint.position.is_some_and(|p| position <= p)
+                    || !m.projection.handles(event)
+                    || !only(member, event)
+                {
+                    continue;
+                }
+                if data.is_none() {
+                    let parsed = event
+                        .data
+                        .as_value()
+                        .map_err(|e| self.failure(member, event, Box::new(e)))?;
+                    data = Some(parsed);
+                }
+                let data: &Value = data.as_ref().expect("parsed above");
+                match self.stage(member, event, data, load, &overlay) {
+                    Ok(staged) => {
+                        for (key, state) in staged {
+                            overlay.retain(|(k, _, _)| *k != (member, key.clone()));
+                            overlay.push(((member, key), state, event.revision));
+                        }
+                        applied.push(member);
+                    }
+                    // Under `stop` this returns before anything of the source event is merged.
+                    Err(source) => self.fail(member, event, source)?,
+                }
             }
         }
-        for (member, staged) in changes {
-            for (key, state) in staged {
-                let size = 64 + key.len() + state.as_ref().map_or(0, approximate_size);
-                let old = self.dirty.insert(
-                    (member, key),
-                    Dirty {
-                        state,
-                        revision: event.revision,
-                        size,
-                    },
-                );
-                self.dirty_bytes = self.dirty_bytes + size - old.map_or(0, |d| d.size);
-            }
+        for ((member, key), state, revision) in overlay {
+            let size = 64 + key.len() + state.as_ref().map_or(0, approximate_size);
+            let old = self.dirty.insert(
+                (member, key),
+                Dirty {
+                    state,
+                    revision,
+                    size,
+                },
+            );
+            self.dirty_bytes = self.dirty_bytes + size - old.map_or(0, |d| d.size);
+        }
+        for member in applied {
             self.members[member].checkpoint.events += 1;
         }
         Ok(())
@@ -184,13 +199,21 @@ impl Fold {
         event: &Event,
         data: &Value,
         load: &Loader<'_>,
+        overlay: &Staged,
     ) -> Result<Vec<(String, Option<Value>)>, crate::upcast::BoxError> {
         let projection = &self.members[member].projection;
         let mut staged: Vec<(String, Option<Value>)> = Vec::new();
         for key in projection.keys(event, data)? {
+            let earlier = overlay
+                .iter()
+                .find(|((m, k), _, _)| *m == member && *k == key)
+                .map(|(_, s, _)| s.clone());
             let mut state = match staged.iter().find(|(k, _)| *k == key) {
                 Some((_, state)) => state.clone(),
-                None => self.current(member, &key, load)?,
+                None => match earlier {
+                    Some(state) => state,
+                    None => self.current(member, &key, load)?,
+                },
             }
             .unwrap_or_else(|| projection.initial());
             let outcome = projection.apply(&key, &mut state, event, data)?;
@@ -269,7 +292,7 @@ mod tests {
     const OTHER: &str = "name = \"other\"\nversion = 1\nkind = \"snapshot\"\n[[on]]\ntype = \"Add\"\nops = [{ set = { path = \"/seen\", value = true } }]\n";
 
     fn apply(fold: &mut Fold, e: &Event) -> Result<(), Box<FoldError>> {
-        let result = fold.apply(e, &|_, _| Ok(None), &|_, _| true);
+        let result = fold.apply(std::slice::from_ref(e), &|_, _| Ok(None), &|_, _| true);
         fold.advance(e.position);
         result
     }
@@ -287,7 +310,7 @@ mod tests {
             .collect::<HashMap<_, _>>();
         let err = fold
             .apply(
-                &event(1, "Add", r#"{"by": "x"}"#),
+                &[event(1, "Add", r#"{"by": "x"}"#)],
                 &|_, _| Ok(None),
                 &|_, _| true,
             )
@@ -305,6 +328,32 @@ mod tests {
             .collect::<HashMap<_, _>>();
         assert_eq!(before, after);
         assert_eq!(fold.members[1].checkpoint.events, 1);
+    }
+
+    #[test]
+    fn the_outputs_of_one_split_event_apply_together_or_not_at_all() {
+        let mut fold = Fold::new(vec![member(COUNTER)], ErrorPolicy::Stop);
+        let outputs = [
+            event(0, "Add", r#"{"by": 2}"#),
+            event(0, "Add", r#"{"by": "x"}"#),
+        ];
+        assert!(fold
+            .apply(&outputs, &|_, _| Ok(None), &|_, _| true)
+            .is_err());
+        assert!(
+            fold.dirty.is_empty(),
+            "the first output must not stay behind"
+        );
+        let outputs = [
+            event(1, "Add", r#"{"by": 2}"#),
+            event(1, "Add", r#"{"by": 3}"#),
+        ];
+        fold.apply(&outputs, &|_, _| Ok(None), &|_, _| true)
+            .unwrap();
+        assert_eq!(
+            fold.dirty[&(0, "s-1".to_string())].state,
+            Some(json!({"n": 5}))
+        );
     }
 
     #[test]

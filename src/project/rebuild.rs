@@ -397,21 +397,10 @@ impl Rebuilder<'_> {
             let mut events = self.source.read_all(after);
             let mut seen = 0u64;
             while let Some(event) = events.try_next().await? {
-                let position = event.position;
-                let outputs = match self.registry.upcast(event) {
-                    Ok(upcasted) => upcasted.events,
-                    Err(err) => {
-                        self.write(store, &lane, &mut fold, started, applied)?;
-                        return Err(err.into());
-                    }
-                };
-                for output in &outputs {
-                    if let Err(err) = fold.apply(output, &load, &only) {
-                        self.write(store, &lane, &mut fold, started, applied)?;
-                        return Err(err.into());
-                    }
+                if let Err(err) = self.fold_event(event, &mut fold, &load, &only) {
+                    self.write(store, &lane, &mut fold, started, applied)?;
+                    return Err(err);
                 }
-                fold.advance(position);
                 applied += 1;
                 seen += 1;
                 if applied - reported == 1024 {
@@ -442,6 +431,44 @@ impl Rebuilder<'_> {
             if !self.options.follow {
                 return Ok(true);
             }
+            let after = fold
+                .members
+                .iter()
+                .map(|m| m.checkpoint.position)
+                .min()
+                .flatten();
+            if let Some(mut live) = self.source.subscribe(after) {
+                // A store that pushes events: take them as they come, and write a window
+                // whenever it fills or the subscription has been quiet for a poll interval.
+                loop {
+                    if stop.load(Ordering::SeqCst) {
+                        self.write(store, &lane, &mut fold, started, applied)?;
+                        return Ok(false);
+                    }
+                    match tokio::time::timeout(self.options.poll_interval, live.try_next()).await {
+                        Ok(Ok(Some(event))) => {
+                            if let Err(err) = self.fold_event(event, &mut fold, &load, &only) {
+                                self.write(store, &lane, &mut fold, started, applied)?;
+                                return Err(err);
+                            }
+                            applied += 1;
+                            read.fetch_add(1, Ordering::Relaxed);
+                            if fold.dirty_bytes() > window_bytes {
+                                self.write(store, &lane, &mut fold, started, applied)?;
+                            }
+                        }
+                        Ok(Ok(None)) => return Ok(true),
+                        Ok(Err(err)) => {
+                            self.write(store, &lane, &mut fold, started, applied)?;
+                            return Err(err.into());
+                        }
+                        Err(_quiet) if fold.dirty_bytes() > 0 => {
+                            self.write(store, &lane, &mut fold, started, applied)?
+                        }
+                        Err(_quiet) => {}
+                    }
+                }
+            }
             let wait_until = Instant::now() + self.options.poll_interval;
             while Instant::now() < wait_until {
                 if stop.load(Ordering::SeqCst) {
@@ -451,6 +478,20 @@ impl Rebuilder<'_> {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+
+    /// Upcasts one source event and folds its outputs; the checkpoint then covers it.
+    fn fold_event(
+        &self,
+        event: crate::Event,
+        fold: &mut Fold,
+        load: &super::fold::Loader<'_>,
+        only: &dyn Fn(usize, &crate::Event) -> bool,
+    ) -> Result<(), RebuildError> {
+        let position = event.position;
+        fold.apply(&self.registry.upcast(event)?.events, load, only)?;
+        fold.advance(position);
+        Ok(())
     }
 
     /// Writes the lane's dirty states with the checkpoints that cover them, atomically.

@@ -101,9 +101,9 @@ pub fn replay(
     for (index, event) in events.iter().enumerate() {
         let mut event = event.clone();
         let position = *event.position.get_or_insert(index as u64);
-        for output in registry.upcast(event)?.events {
-            fold.apply(&output, &nothing_stored, &|_, _| true)?;
-        }
+        fold.apply(&registry.upcast(event)?.events, &nothing_stored, &|_, _| {
+            true
+        })?;
         fold.advance(Some(position));
     }
     let mut models: ReadModels = projections

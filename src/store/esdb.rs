@@ -15,10 +15,13 @@
 //!   `$all`) are not part of the log; reading a single stream resolves links to the events
 //!   they point at.
 //!
+//! `--follow` subscribes to `$all` after catching up by reading ([`EventSource::subscribe`]),
+//! with the stream prefix (or else the event types) as a server-side filter.
+//!
 //! Appends send recast's deterministic event ids with an expected revision, so the server's
 //! idempotency makes a resumed migration write nothing twice. Reading `$all` filters system
 //! events and the location's `prefix=`/`types=` on the client: the v4 client exposes server
-//! filters for subscriptions only.
+//! filters for subscriptions only, which [`EventSource::subscribe`] uses.
 //!
 //! Location: `esdb://HOST:PORT?tls=false[&version=metadata:schema_version][&prefix=order-]
 //! [&types=OrderPlaced,OrderShipped]`; everything but recast's own parameters is passed to the
@@ -31,7 +34,7 @@ use super::{
 use crate::event::{Event, Payload, VersionSource};
 use eventstore::{
     AppendToStreamOptions, Client, ClientSettings, EventData, ReadAllOptions, ReadStreamOptions,
-    RecordedEvent, StreamPosition,
+    RecordedEvent, StreamPosition, SubscribeToAllOptions, SubscriptionFilter,
 };
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -266,6 +269,39 @@ impl EventSource for EsdbStore {
                 }
             }
         })
+    }
+
+    fn subscribe(&self, after: Option<u64>) -> Option<EventStream<'_>> {
+        let start = match after {
+            Some(p) => StreamPosition::Position(eventstore::Position {
+                commit: p,
+                prepare: p,
+            }),
+            None => StreamPosition::Start,
+        };
+        let filter = match (&self.location.prefix, self.location.types.as_slice()) {
+            (Some(prefix), _) => SubscriptionFilter::on_stream_name().add_prefix(prefix),
+            (None, []) => SubscriptionFilter::on_event_type().exclude_system_events(),
+            (None, types) => types
+                .iter()
+                .fold(SubscriptionFilter::on_event_type(), |f, t| f.add_prefix(t)),
+        };
+        let options = SubscribeToAllOptions::default()
+            .position(start)
+            .filter(filter);
+        Some(Box::pin(async_stream::try_stream! {
+            let mut subscription = self.client.subscribe_to_all(&options).await;
+            loop {
+                let resolved = subscription.next().await.map_err(|e| esdb_error(&self.location, e))?;
+                let recorded = resolved.get_original_event();
+                if after.is_some_and(|a| recorded.position.commit <= a) || !self.location.admits(&recorded.stream_id, &recorded.event_type) {
+                    continue;
+                }
+                if let Some(event) = to_envelope(recorded, &self.location.version)? {
+                    yield event;
+                }
+            }
+        }))
     }
 
     fn read_stream<'a>(&'a self, stream: &'a str, from_revision: u64) -> EventStream<'a> {

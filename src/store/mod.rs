@@ -247,6 +247,11 @@ pub trait EventSource: Send + Sync {
     fn read_stream<'a>(&'a self, stream: &'a str, from_revision: u64) -> EventStream<'a>;
     /// The names of all streams.
     fn list_streams(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
+    /// A live subscription to the log after `after`, for stores that push new events; `None`
+    /// for stores that are polled with [`read_all`](Self::read_all) instead.
+    fn subscribe(&self, _after: Option<u64>) -> Option<EventStream<'_>> {
+        None
+    }
     /// The position of the last event of the log (reads the whole log unless the store knows).
     fn head_position(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
         async move {
