@@ -2,7 +2,9 @@
 //!
 //! A [`CheckpointStore`] is a sled database in a state folder (default `.recast/state`). Each
 //! job has a key (its [`JobId`]) and a JSON record owned by the job's module (for example
-//! [`crate::migrate::MigrationCheckpoint`]). [`CheckpointStore::save`] flushes before it
+//! [`crate::migrate::MigrationCheckpoint`]); it can also live in PostgreSQL
+//! ([`CheckpointStore::open_location`] with `postgres://...`), where an advisory lock per job
+//! keeps two runs of one job apart. [`CheckpointStore::save`] flushes before it
 //! returns, so a saved checkpoint survives a kill -9. sled locks the folder, which is also the
 //! job lock: a second process working from the same state folder gets
 //! [`CheckpointError::Locked`] instead of racing the first.
@@ -11,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// Errors of the checkpoint store.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +27,20 @@ pub enum CheckpointError {
         path: PathBuf,
         #[source]
         source: sled::Error,
+    },
+    /// PostgreSQL failed.
+    #[error("checkpoint store {location}")]
+    Postgres {
+        location: String,
+        #[source]
+        source: postgres::Error,
+    },
+    /// The server could not be reached or set up.
+    #[error("checkpoint store {location}")]
+    Server {
+        location: String,
+        #[source]
+        source: Box<crate::readmodel::ReadModelError>,
     },
     /// A stored checkpoint that does not parse.
     #[error("checkpoint of job {job} in {path} is damaged")]
@@ -64,13 +81,24 @@ impl std::fmt::Display for JobId {
 
 /// Checkpoints of all jobs that use one state folder.
 pub struct CheckpointStore {
-    path: PathBuf,
-    tree: sled::Tree,
-    db: sled::Db,
+    backend: Backend,
+}
+
+enum Backend {
+    Sled {
+        path: PathBuf,
+        tree: sled::Tree,
+        db: sled::Db,
+    },
+    Postgres {
+        shown: String,
+        table: String,
+        client: Mutex<postgres::Client>,
+    },
 }
 
 impl CheckpointStore {
-    /// Opens (or creates) the store in `path`.
+    /// Opens (or creates) the store in the sled folder `path`.
     pub fn open(path: &Path) -> Result<Self, CheckpointError> {
         let sled_error = |source| CheckpointError::Sled {
             path: path.to_path_buf(),
@@ -87,53 +115,173 @@ impl CheckpointStore {
         })?;
         let tree = db.open_tree("checkpoints").map_err(sled_error)?;
         Ok(CheckpointStore {
-            path: path.to_path_buf(),
-            tree,
-            db,
+            backend: Backend::Sled {
+                path: path.to_path_buf(),
+                tree,
+                db,
+            },
         })
     }
 
-    fn sled_error(&self, source: sled::Error) -> CheckpointError {
-        CheckpointError::Sled {
-            path: self.path.clone(),
-            source,
+    /// Opens a store by location: `sled:PATH`, a bare folder path, or `postgres://...`
+    /// (a `recast_jobs` table in the location's schema).
+    pub fn open_location(location: &str) -> Result<Self, CheckpointError> {
+        if !(location.starts_with("postgres://") || location.starts_with("postgresql://")) {
+            return Self::open(Path::new(
+                location.strip_prefix("sled:").unwrap_or(location),
+            ));
+        }
+        let (mut client, schema, shown) = crate::readmodel::postgres::connect_location(location)
+            .map_err(|source| CheckpointError::Server {
+                location: crate::readmodel::postgres::redact(location),
+                source: Box::new(source),
+            })?;
+        let table = format!("{schema}.recast_jobs");
+        client
+            .batch_execute(&format!("CREATE TABLE IF NOT EXISTS {table} (job text PRIMARY KEY, checkpoint jsonb NOT NULL)"))
+            .map_err(|source| CheckpointError::Postgres { location: shown.clone(), source })?;
+        Ok(CheckpointStore {
+            backend: Backend::Postgres {
+                shown,
+                table,
+                client: Mutex::new(client),
+            },
+        })
+    }
+
+    fn describe(&self) -> PathBuf {
+        match &self.backend {
+            Backend::Sled { path, .. } => path.clone(),
+            Backend::Postgres { shown, .. } => PathBuf::from(shown),
+        }
+    }
+
+    /// Takes the exclusive right to run a job for as long as this store is open. In sled the
+    /// folder lock already gives it; in PostgreSQL an advisory lock does.
+    pub fn lock_job(&self, job: &JobId) -> Result<(), CheckpointError> {
+        let Backend::Postgres { shown, client, .. } = &self.backend else {
+            return Ok(());
+        };
+        let mut client = client.lock().unwrap_or_else(|p| p.into_inner());
+        let locked: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtext($1))",
+                &[&format!("recast-job:{job}")],
+            )
+            .map_err(|source| CheckpointError::Postgres {
+                location: shown.clone(),
+                source,
+            })?
+            .get(0);
+        if locked {
+            Ok(())
+        } else {
+            Err(CheckpointError::Locked {
+                path: PathBuf::from(format!("{shown}, job {job}")),
+            })
+        }
+    }
+
+    fn get(&self, job: &JobId) -> Result<Option<Vec<u8>>, CheckpointError> {
+        match &self.backend {
+            Backend::Sled { path, tree, .. } => {
+                let value = tree
+                    .get(job.as_str())
+                    .map_err(|source| CheckpointError::Sled {
+                        path: path.clone(),
+                        source,
+                    })?;
+                Ok(value.map(|v| v.to_vec()))
+            }
+            Backend::Postgres {
+                shown,
+                table,
+                client,
+            } => {
+                let mut client = client.lock().unwrap_or_else(|p| p.into_inner());
+                let row = client
+                    .query_opt(
+                        &format!("SELECT checkpoint::text FROM {table} WHERE job = $1"),
+                        &[&job.as_str()],
+                    )
+                    .map_err(|source| CheckpointError::Postgres {
+                        location: shown.clone(),
+                        source,
+                    })?;
+                Ok(row.map(|r| r.get::<_, String>(0).into_bytes()))
+            }
         }
     }
 
     /// The checkpoint of a job, if it has one.
     pub fn load<T: DeserializeOwned>(&self, job: &JobId) -> Result<Option<T>, CheckpointError> {
-        let Some(bytes) = self
-            .tree
-            .get(job.as_str())
-            .map_err(|e| self.sled_error(e))?
-        else {
+        let Some(bytes) = self.get(job)? else {
             return Ok(None);
         };
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|source| CheckpointError::Corrupt {
                 job: job.to_string(),
-                path: self.path.clone(),
+                path: self.describe(),
                 source,
             })
     }
 
     /// Saves a job's checkpoint durably.
     pub fn save<T: Serialize>(&self, job: &JobId, checkpoint: &T) -> Result<(), CheckpointError> {
-        let bytes = serde_json::to_vec(checkpoint).expect("checkpoints serialize");
-        self.tree
-            .insert(job.as_str(), bytes)
-            .map_err(|e| self.sled_error(e))?;
-        self.db.flush().map_err(|e| self.sled_error(e))?;
+        match &self.backend {
+            Backend::Sled { path, tree, db } => {
+                let bytes = serde_json::to_vec(checkpoint).expect("checkpoints serialize");
+                let sled_error = |source| CheckpointError::Sled {
+                    path: path.clone(),
+                    source,
+                };
+                tree.insert(job.as_str(), bytes).map_err(sled_error)?;
+                db.flush().map_err(sled_error)?;
+            }
+            Backend::Postgres {
+                shown,
+                table,
+                client,
+            } => {
+                let value = serde_json::to_value(checkpoint).expect("checkpoints serialize");
+                let mut client = client.lock().unwrap_or_else(|p| p.into_inner());
+                client
+                    .execute(&format!("INSERT INTO {table} (job, checkpoint) VALUES ($1, $2) ON CONFLICT (job) DO UPDATE SET checkpoint = excluded.checkpoint"), &[&job.as_str(), &value])
+                    .map_err(|source| CheckpointError::Postgres { location: shown.clone(), source })?;
+            }
+        }
         Ok(())
     }
 
     /// Forgets a job's checkpoint.
     pub fn remove(&self, job: &JobId) -> Result<(), CheckpointError> {
-        self.tree
-            .remove(job.as_str())
-            .map_err(|e| self.sled_error(e))?;
-        self.db.flush().map_err(|e| self.sled_error(e))?;
+        match &self.backend {
+            Backend::Sled { path, tree, db } => {
+                let sled_error = |source| CheckpointError::Sled {
+                    path: path.clone(),
+                    source,
+                };
+                tree.remove(job.as_str()).map_err(sled_error)?;
+                db.flush().map_err(sled_error)?;
+            }
+            Backend::Postgres {
+                shown,
+                table,
+                client,
+            } => {
+                let mut client = client.lock().unwrap_or_else(|p| p.into_inner());
+                client
+                    .execute(
+                        &format!("DELETE FROM {table} WHERE job = $1"),
+                        &[&job.as_str()],
+                    )
+                    .map_err(|source| CheckpointError::Postgres {
+                        location: shown.clone(),
+                        source,
+                    })?;
+            }
+        }
         Ok(())
     }
 }

@@ -17,7 +17,8 @@ use std::sync::Arc;
 pub struct MigrateArgs {
     #[command(flatten)]
     pub job: JobFlags,
-    /// Checkpoint store folder (default from config: .recast/state).
+    /// Checkpoint store: a folder or sled:PATH (embedded), or postgres://... (default from
+    /// config: .recast/state).
     #[arg(long)]
     pub state: Option<PathBuf>,
     /// Source events per batch and checkpoint.
@@ -92,7 +93,7 @@ fn location(
     let text = flag.or(configured).ok_or_else(|| {
         Failure::Usage(format!("no {name}: give --{name} or set it in recast.toml"))
     })?;
-    Ok(Location::parse(text)?)
+    super::parse_location(text)
 }
 
 fn registry(flags: &UpcastFlags, config: &Config) -> Result<Registry, Failure> {
@@ -165,7 +166,8 @@ async fn run_migration(
         .state
         .clone()
         .unwrap_or_else(|| config.migrate.state.clone());
-    let checkpoints = CheckpointStore::open(&state)?;
+    let checkpoints =
+        CheckpointStore::open_location(&super::expand_env(&state.to_string_lossy())?)?;
     let mut real_sink;
     let mut dry_sink;
     let sink: &mut dyn EventSink = if args.dry_run {

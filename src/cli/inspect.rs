@@ -123,7 +123,7 @@ pub async fn checksum(args: ChecksumArgs, config: &Config, json: bool) -> Result
         return Ok(());
     }
     let location = args.location.as_deref().unwrap_or_default();
-    let source = open_source(&Location::parse(location)?)?;
+    let source = open_source(&super::parse_location(location)?)?;
     let (digest, kinds) = digest_source(source.as_ref()).await?;
     if json {
         output::json(
@@ -139,7 +139,7 @@ fn source_location(flag: Option<&String>, config: &Config) -> Result<Location, F
     let text = flag.or(config.source.location.as_ref()).ok_or_else(|| {
         Failure::Usage("no source: give --from or set [source] location in recast.toml".into())
     })?;
-    Ok(Location::parse(text)?)
+    super::parse_location(text)
 }
 
 fn optional_registry(
@@ -241,7 +241,7 @@ pub async fn import(args: ImportArgs, json: bool) -> Result<(), Failure> {
         data: optional_pointer(args.data.as_ref())?,
         metadata: optional_pointer(args.metadata.as_ref())?,
     };
-    let mut sink = open_sink(&Location::parse(&args.to)?)?;
+    let mut sink = open_sink(&super::parse_location(&args.to)?)?;
     let report = import_file(&args.file, &mapping, sink.as_mut()).await?;
     if json {
         output::json(&report);

@@ -118,6 +118,38 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for Failure {
     }
 }
 
+/// Expands `${NAME}` in a location from the environment, so secrets need not be written into
+/// `recast.toml` or a command line: `postgres://app:${PGPASS}@db/x`. A missing variable is an
+/// error naming the variable, never its value.
+pub fn expand_env(text: &str) -> Result<String, Failure> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').ok_or_else(|| {
+            Failure::Usage(format!(
+                "unclosed ${{ in a location: {}",
+                recast::readmodel::postgres::redact(text)
+            ))
+        })?;
+        let name = &rest[start + 2..start + end];
+        let value = std::env::var(name).map_err(|_| {
+            Failure::Usage(format!(
+                "environment variable {name} (used in a location) is not set"
+            ))
+        })?;
+        out.push_str(&value);
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Parses a location after expanding environment variables.
+pub fn parse_location(text: &str) -> Result<recast::store::Location, Failure> {
+    Ok(recast::store::Location::parse(&expand_env(text)?)?)
+}
+
 /// Runs one command.
 pub async fn run(cli: Cli) -> Result<(), Failure> {
     let config = config::Config::load(cli.config.as_deref())?;
@@ -159,5 +191,25 @@ pub fn exit_code(outcome: Result<(), Failure>) -> ExitCode {
             eprintln!("stopped: the checkpoint is saved; run the same command again to resume");
             ExitCode::from(130)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_take_secrets_from_the_environment() {
+        std::env::set_var("RECAST_TEST_SECRET_X", "s3cret");
+        assert_eq!(
+            expand_env("postgres://a:${RECAST_TEST_SECRET_X}@h/db").unwrap(),
+            "postgres://a:s3cret@h/db"
+        );
+        assert_eq!(expand_env("sled:plain").unwrap(), "sled:plain");
+        let missing = match expand_env("postgres://a:${RECAST_TEST_NOT_SET_Y}@h/db") {
+            Err(Failure::Usage(message)) => message,
+            _ => panic!("a missing variable must be a usage error"),
+        };
+        assert!(missing.contains("RECAST_TEST_NOT_SET_Y"), "{missing}");
     }
 }

@@ -106,12 +106,11 @@ pub fn open_store(
     flags: &ReadModelFlags,
     config: &Config,
 ) -> Result<Box<dyn ReadModelStore>, Failure> {
-    Ok(recast::readmodel::open(
-        flags
-            .readmodels
-            .as_deref()
-            .unwrap_or(&config.rebuild.readmodels),
-    )?)
+    let location = flags
+        .readmodels
+        .as_deref()
+        .unwrap_or(&config.rebuild.readmodels);
+    Ok(recast::readmodel::open(&super::expand_env(location)?)?)
 }
 
 fn rebuild_source(flag: Option<&String>, config: &Config) -> Result<Location, Failure> {
@@ -121,7 +120,7 @@ fn rebuild_source(flag: Option<&String>, config: &Config) -> Result<Location, Fa
     let text = text.ok_or_else(|| {
         Failure::Usage("no event source: give --from or set [rebuild] source in recast.toml".into())
     })?;
-    Ok(Location::parse(text)?)
+    super::parse_location(text)
 }
 
 /// Runs a rebuild; `None` when it ran as a worker, which prints its own report.

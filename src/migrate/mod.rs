@@ -210,7 +210,10 @@ impl Migration<'_> {
         }
         let job = self.job_id(&target);
         let loaded: Option<MigrationCheckpoint> = match writer.checkpoints {
-            Some(store) => store.load(&job)?,
+            Some(store) => {
+                store.lock_job(&job)?;
+                store.load(&job)?
+            }
             None => None,
         };
         if let Some(checkpoint) = &loaded {

@@ -128,6 +128,22 @@ pub fn redact(location: &str) -> String {
     }
 }
 
+/// Connects to a `postgres://` location: the client, the schema (created if needed) and the
+/// location as it may be shown. Used by other stores that live in PostgreSQL (checkpoints).
+pub(crate) fn connect_location(location: &str) -> Result<(Client, String, String), ReadModelError> {
+    let settings = parse_location(location)?;
+    let mut client = connect(&settings)?;
+    let schema = quote(&settings.schema);
+    if let Err(first) = client.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")) {
+        // Two processes creating the same schema at once can collide; the second finds it.
+        client = connect(&settings)?;
+        client
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .map_err(|_| pg_error(&settings, first))?;
+    }
+    Ok((client, schema, settings.shown))
+}
+
 fn connect(settings: &Settings) -> Result<Client, ReadModelError> {
     settings
         .config

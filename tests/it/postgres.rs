@@ -310,3 +310,64 @@ fn a_million_events_into_postgres_equal_the_sled_read_models() {
         .success();
     assert_same_read_models(d, "sled:rm", &schema.location);
 }
+
+#[test]
+fn migration_checkpoints_can_live_in_postgres_with_the_password_from_the_environment() {
+    let Some(schema) = schema("jobs") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    generate(d, "log.jsonl", 3_000, 100, 2);
+    // The password comes from the environment; trust authentication ignores it.
+    let state = schema.location.replace(
+        "postgres://postgres@",
+        "postgres://postgres:${RECAST_TEST_PG_SECRET}@",
+    );
+    let migrate = || {
+        let mut c = recast(d);
+        c.env("RECAST_TEST_PG_SECRET", "not-shown")
+            .args([
+                "migrate",
+                "--from",
+                "log.jsonl",
+                "--to",
+                "out.jsonl",
+                "--json",
+                "--state",
+                &state,
+                "--upcasters",
+            ])
+            .arg(super::upcasters());
+        c
+    };
+    let first = migrate().output().unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let second = migrate().output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!(report["completed"], true);
+    assert!(
+        report["resumed_after"].is_u64(),
+        "the second run resumes the checkpoint kept in PostgreSQL: {report}"
+    );
+    let jobs = sql(&format!("SELECT count(*) FROM {}.recast_jobs", schema.name));
+    assert_eq!(jobs[0].get::<_, i64>(0), 1);
+    let unset = recast(d)
+        .args([
+            "migrate",
+            "--from",
+            "log.jsonl",
+            "--to",
+            "x.jsonl",
+            "--state",
+            &state,
+            "--upcasters",
+        ])
+        .arg(super::upcasters())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&unset.stderr)
+        .contains("environment variable RECAST_TEST_PG_SECRET"));
+}
