@@ -93,7 +93,7 @@ enum Backend {
     Postgres {
         shown: String,
         table: String,
-        client: Mutex<postgres::Client>,
+        client: Box<Mutex<postgres::Client>>,
     },
 }
 
@@ -144,7 +144,7 @@ impl CheckpointStore {
             backend: Backend::Postgres {
                 shown,
                 table,
-                client: Mutex::new(client),
+                client: Box::new(Mutex::new(client)),
             },
         })
     }
