@@ -371,3 +371,44 @@ fn migration_checkpoints_can_live_in_postgres_with_the_password_from_the_environ
     assert!(String::from_utf8_lossy(&unset.stderr)
         .contains("environment variable RECAST_TEST_PG_SECRET"));
 }
+
+#[test]
+fn a_projection_name_made_of_sql_is_refused_and_never_reaches_the_server() {
+    let Some(schema) = schema("names") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    generate(d, "log.jsonl", 100, 10, 1);
+    let mut admin = postgres::Client::connect(SERVER, postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {0}; CREATE TABLE {0}.y (n int)",
+            schema.name
+        ))
+        .unwrap();
+    let projections = d.join("projections");
+    std::fs::create_dir_all(&projections).unwrap();
+    let evil = "name = 'x\"; drop table y; --'\nversion = 1\nkind = \"snapshot\"\n[[on]]\ntype = \"OrderPlaced\"\n";
+    std::fs::write(projections.join("evil.toml"), evil).unwrap();
+    recast(d)
+        .args([
+            "rebuild",
+            "--from",
+            "log.jsonl",
+            "--readmodels",
+            &schema.location,
+            "--projections",
+            "projections",
+            "--upcasters",
+        ])
+        .arg(super::upcasters())
+        .assert()
+        .code(1)
+        .stderr(contains("must be lowercase letters, digits and _"));
+    let still_there = sql(&format!(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = '{}' AND tablename = 'y'",
+        schema.name
+    ));
+    assert_eq!(still_there[0].get::<_, i64>(0), 1);
+}
