@@ -133,18 +133,11 @@ impl ProjectionSet {
 
     /// Loads every `*.toml` file of a folder, in name order.
     pub fn load_dir(dir: &Path) -> Result<Self, ProjectError> {
-        let folder_error = |source| ProjectError::Folder {
-            path: dir.to_path_buf(),
-            source,
-        };
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(folder_error)? {
-            let path = entry.map_err(folder_error)?.path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                files.push(path);
-            }
-        }
-        files.sort();
+        let files =
+            crate::upcast::definition_files(dir).map_err(|source| ProjectError::Folder {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         let mut projections: Vec<Arc<dyn Projection>> = Vec::new();
         for path in files {
             projections.push(Arc::new(file::FileProjection::load(&path)?));

@@ -208,18 +208,10 @@ impl Registry {
 
     /// Loads every `*.toml` file of a folder, in name order.
     pub fn load_dir(dir: &Path) -> Result<Self, UpcastError> {
-        let folder_error = |source| UpcastError::Folder {
+        let files = definition_files(dir).map_err(|source| UpcastError::Folder {
             path: dir.to_path_buf(),
             source,
-        };
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(folder_error)? {
-            let path = entry.map_err(folder_error)?.path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                files.push(path);
-            }
-        }
-        files.sort();
+        })?;
         let mut upcasters: Vec<Arc<dyn Upcaster>> = Vec::new();
         for path in files {
             upcasters.push(Arc::new(file::FileUpcaster::load(&path)?));
@@ -335,6 +327,19 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// The `*.toml` files of a folder, in name order: how upcaster and projection folders load.
+pub fn definition_files(dir: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 fn take_value(payload: &mut Payload) -> Result<Value, serde_json::Error> {
