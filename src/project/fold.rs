@@ -35,6 +35,19 @@ pub struct FoldError {
     pub source: crate::upcast::BoxError,
 }
 
+/// Why an event could not be folded: a projection failed under `stop`, or the read-model
+/// store could not give a stored state. A store failure is never subject to the error
+/// policy: skipping an event because a connection dropped would corrupt the read model.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A projection failed on the event under the `stop` policy.
+    #[error(transparent)]
+    Projection(#[from] Box<FoldError>),
+    /// Loading a stored state failed.
+    #[error(transparent)]
+    Store(#[from] crate::readmodel::ReadModelError),
+}
+
 /// One projection being folded, with the checkpoint of what it has applied.
 pub struct Member {
     /// The projection.
@@ -130,7 +143,7 @@ impl Fold {
         outputs: &[Event],
         load: &Loader<'_>,
         only: &dyn Fn(usize, &Event) -> bool,
-    ) -> Result<(), Box<FoldError>> {
+    ) -> Result<(), ApplyError> {
         let mut overlay: Staged = Vec::new();
         let mut applied = Vec::new();
         for event in outputs {
@@ -160,8 +173,11 @@ impl Fold {
                         }
                         applied.push(member);
                     }
-                    // Under `stop` this returns before anything of the source event is merged.
-                    Err(source) => self.fail(member, event, source)?,
+                    Err(source) => match source.downcast::<crate::readmodel::ReadModelError>() {
+                        Ok(store) => return Err(ApplyError::Store(*store)),
+                        // Under `stop` this returns before anything of the source event is merged.
+                        Err(source) => self.fail(member, event, source)?,
+                    },
                 }
             }
         }
@@ -291,7 +307,7 @@ mod tests {
     const COUNTER: &str = "name = \"counter\"\nversion = 1\nkind = \"snapshot\"\ninitial = { n = 0 }\n[[on]]\ntype = \"Add\"\nops = [{ add = { path = \"/n\", from = \"/by\" } }]\n[[on]]\ntype = \"Gone\"\nops = [{ delete = true }]\n";
     const OTHER: &str = "name = \"other\"\nversion = 1\nkind = \"snapshot\"\n[[on]]\ntype = \"Add\"\nops = [{ set = { path = \"/seen\", value = true } }]\n";
 
-    fn apply(fold: &mut Fold, e: &Event) -> Result<(), Box<FoldError>> {
+    fn apply(fold: &mut Fold, e: &Event) -> Result<(), ApplyError> {
         let result = fold.apply(std::slice::from_ref(e), &|_, _| Ok(None), &|_, _| true);
         fold.advance(e.position);
         result

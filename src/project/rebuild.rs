@@ -69,6 +69,15 @@ pub struct RebuildOptions {
     pub new_generation: bool,
 }
 
+impl From<super::fold::ApplyError> for RebuildError {
+    fn from(error: super::fold::ApplyError) -> Self {
+        match error {
+            super::fold::ApplyError::Projection(e) => RebuildError::Projection(e),
+            super::fold::ApplyError::Store(e) => RebuildError::ReadModel(e),
+        }
+    }
+}
+
 impl Default for RebuildOptions {
     fn default() -> Self {
         RebuildOptions {

@@ -26,7 +26,7 @@
 //! testing::expect_rows(&events, &registry, &projections, "customer_orders", &rows).unwrap();
 //! ```
 
-use super::fold::{Fold, FoldError, Member};
+use super::fold::{Fold, Member};
 use super::{ProjectionKind, ProjectionSet};
 use crate::event::Event;
 use crate::migrate::ErrorPolicy;
@@ -43,7 +43,7 @@ pub enum TestingError {
     Upcast(#[from] UpcastError),
     /// A projection failed.
     #[error(transparent)]
-    Projection(#[from] Box<FoldError>),
+    Projection(#[from] super::fold::ApplyError),
     /// A fixture file could not be read or written.
     #[error("fixture {path}")]
     Io {

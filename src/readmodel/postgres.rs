@@ -48,6 +48,8 @@ pub struct PostgresReadModels {
     settings: Settings,
     client: Mutex<Client>,
     tables: Mutex<HashMap<(String, u32), TableShape>>,
+    /// Advisory lock keys this handle holds; a new connection takes them again.
+    locks: Mutex<Vec<String>>,
 }
 
 const RETRIES: u32 = 6;
@@ -144,6 +146,27 @@ pub(crate) fn connect_location(location: &str) -> Result<(Client, String, String
     Ok((client, schema, settings.shown))
 }
 
+/// True when an error means the connection is gone (closed, terminated by an administrator,
+/// server shutting down, SQLSTATE class 08), so the work is worth retrying on a new one.
+fn connection_lost(error: &postgres::Error) -> bool {
+    use postgres::error::SqlState;
+    if error.is_closed() {
+        return true;
+    }
+    match error.code() {
+        Some(code) => {
+            code.code().starts_with("08")
+                || [
+                    SqlState::ADMIN_SHUTDOWN,
+                    SqlState::CRASH_SHUTDOWN,
+                    SqlState::CANNOT_CONNECT_NOW,
+                ]
+                .contains(code)
+        }
+        None => false,
+    }
+}
+
 fn connect(settings: &Settings) -> Result<Client, ReadModelError> {
     settings
         .config
@@ -204,6 +227,7 @@ impl PostgresReadModels {
             settings,
             client: Mutex::new(client),
             tables: Mutex::new(HashMap::new()),
+            locks: Mutex::new(Vec::new()),
         })
     }
 
@@ -241,7 +265,7 @@ impl PostgresReadModels {
         loop {
             let result = work(&mut client);
             let lost = match &result {
-                Err(Failure::Sql(error)) => error.is_closed() || client.is_closed(),
+                Err(Failure::Sql(error)) => connection_lost(error) || client.is_closed(),
                 Err(Failure::Copy(_)) => true,
                 Err(Failure::LeaseLost(_)) | Ok(_) => false,
             };
@@ -250,7 +274,20 @@ impl PostgresReadModels {
                 Err(_) if lost && attempt < RETRIES => {
                     attempt += 1;
                     std::thread::sleep(Duration::from_millis(100 << attempt.min(5)));
-                    if let Ok(fresh) = connect(&self.settings) {
+                    if let Ok(mut fresh) = connect(&self.settings) {
+                        // The old connection's advisory locks went with it: take them again,
+                        // or stop, since another rebuilder may have them now.
+                        for key in self.locks.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                            let row = fresh
+                                .query_one("SELECT pg_try_advisory_lock(hashtext($1))", &[key])
+                                .map_err(|e| pg_error(&self.settings, e))?;
+                            if !row.get::<_, bool>(0) {
+                                return Err(ReadModelError::Busy {
+                                    name: key.clone(),
+                                    location: self.settings.shown.clone(),
+                                });
+                            }
+                        }
                         *client = fresh;
                     }
                 }
@@ -355,6 +392,7 @@ impl ReadModelStore for PostgresReadModels {
             settings: self.settings.clone(),
             client: Mutex::new(client),
             tables: Mutex::new(tables),
+            locks: Mutex::new(Vec::new()),
         }))
     }
 
@@ -626,11 +664,19 @@ impl ReadModelStore for PostgresReadModels {
     fn wait_for_projection(&self, name: &str) -> Result<(), ReadModelError> {
         let key = format!("recast:{}:{name}", self.settings.schema);
         self.with_client(|c| c.execute("SELECT pg_advisory_lock(hashtext($1))", &[&key]))?;
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(key);
         Ok(())
     }
 
     fn unlock_projection(&self, name: &str) -> Result<(), ReadModelError> {
         let key = format!("recast:{}:{name}", self.settings.schema);
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k| *k != key);
         self.with_client(|c| c.execute("SELECT pg_advisory_unlock(hashtext($1))", &[&key]))?;
         Ok(())
     }

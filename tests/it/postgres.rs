@@ -212,22 +212,13 @@ fn a_terminated_backend_is_reconnected_and_nothing_is_half_applied() {
     }
     let out = child.wait_with_output().unwrap();
     assert!(terminated > 0, "no recast backend was running to terminate");
-    // Either the rebuild rode out the terminations, or it stopped cleanly; a resume finishes it.
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains("read-model store postgres://127.0.0.1:5432/test"),
-            "{stderr}"
-        );
-        assert!(
-            !stderr.contains("postgres@"),
-            "the location in errors must not carry credentials: {stderr}"
-        );
-        rebuild(d, "log.jsonl", &schema.location)
-            .args(["--memory-mb", "1"])
-            .assert()
-            .success();
-    }
+    // The rebuild rides out the terminations: it reconnects, takes its advisory locks again and
+    // redoes the window that was cut off.
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_same_read_models(d, "sled:reference", &schema.location);
 }
 
