@@ -10,22 +10,9 @@ fn projections() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("projections")
 }
 
-/// `recast rebuild` of `from` into `sled:rm` with the demo projections and upcasters.
+/// `recast rebuild` of `from` into `readmodels` with the demo projections and upcasters.
 pub fn rebuild(d: &Path, from: &str, readmodels: &str) -> Command {
-    let mut command = recast(d);
-    command
-        .args([
-            "rebuild",
-            "--from",
-            from,
-            "--readmodels",
-            readmodels,
-            "--upcasters",
-        ])
-        .arg(upcasters())
-        .arg("--projections")
-        .arg(projections());
-    command
+    Command::from_std(rebuild_process(d, from, readmodels))
 }
 
 /// The same rebuild as a plain std command, to spawn and kill.
