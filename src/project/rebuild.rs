@@ -18,7 +18,7 @@ use super::fold::{Dirty, Fold, FoldError, Member};
 use super::{ProjectionKind, ProjectionSet};
 use crate::migrate::ErrorPolicy;
 use crate::readmodel::{
-    Generation, Lease, PartCheckpoint, PartId, ReadModelError, ReadModelStore, RowWrite, Window,
+    Generation, Lease, PartId, ReadModelError, ReadModelStore, RowWrite, Window,
 };
 use crate::store::{EventSource, StoreError};
 use crate::upcast::{Registry, UpcastError};
@@ -546,12 +546,7 @@ impl Rebuilder<'_> {
                 if applied > 0 {
                     member.checkpoint.rate = rate;
                 }
-                (
-                    m.part.clone(),
-                    PartCheckpoint {
-                        ..member.checkpoint.clone()
-                    },
-                )
+                (m.part.clone(), member.checkpoint.clone())
             })
             .collect();
         let dead_letters = fold
