@@ -149,6 +149,19 @@ impl CheckpointStore {
         })
     }
 
+    /// Runs one statement on the PostgreSQL backend, naming the store in any error.
+    fn on_postgres<T>(
+        shown: &str,
+        client: &Mutex<postgres::Client>,
+        work: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, CheckpointError> {
+        let mut client = client.lock().unwrap_or_else(|p| p.into_inner());
+        work(&mut client).map_err(|source| CheckpointError::Postgres {
+            location: shown.to_string(),
+            source,
+        })
+    }
+
     fn describe(&self) -> PathBuf {
         match &self.backend {
             Backend::Sled { path, .. } => path.clone(),
@@ -162,17 +175,11 @@ impl CheckpointStore {
         let Backend::Postgres { shown, client, .. } = &self.backend else {
             return Ok(());
         };
-        let mut client = client.lock().unwrap_or_else(|p| p.into_inner());
-        let locked: bool = client
-            .query_one(
-                "SELECT pg_try_advisory_lock(hashtext($1))",
-                &[&format!("recast-job:{job}")],
-            )
-            .map_err(|source| CheckpointError::Postgres {
-                location: shown.clone(),
-                source,
-            })?
-            .get(0);
+        let key = format!("recast-job:{job}");
+        let locked: bool = Self::on_postgres(shown, client, |c| {
+            c.query_one("SELECT pg_try_advisory_lock(hashtext($1))", &[&key])
+        })?
+        .get(0);
         if locked {
             Ok(())
         } else {
@@ -198,16 +205,9 @@ impl CheckpointStore {
                 table,
                 client,
             } => {
-                let mut client = client.lock().unwrap_or_else(|p| p.into_inner());
-                let row = client
-                    .query_opt(
-                        &format!("SELECT checkpoint::text FROM {table} WHERE job = $1"),
-                        &[&job.as_str()],
-                    )
-                    .map_err(|source| CheckpointError::Postgres {
-                        location: shown.clone(),
-                        source,
-                    })?;
+                let sql = format!("SELECT checkpoint::text FROM {table} WHERE job = $1");
+                let row =
+                    Self::on_postgres(shown, client, |c| c.query_opt(&sql, &[&job.as_str()]))?;
                 Ok(row.map(|r| r.get::<_, String>(0).into_bytes()))
             }
         }
@@ -245,10 +245,8 @@ impl CheckpointStore {
                 client,
             } => {
                 let value = serde_json::to_value(checkpoint).expect("checkpoints serialize");
-                let mut client = client.lock().unwrap_or_else(|p| p.into_inner());
-                client
-                    .execute(&format!("INSERT INTO {table} (job, checkpoint) VALUES ($1, $2) ON CONFLICT (job) DO UPDATE SET checkpoint = excluded.checkpoint"), &[&job.as_str(), &value])
-                    .map_err(|source| CheckpointError::Postgres { location: shown.clone(), source })?;
+                let sql = format!("INSERT INTO {table} (job, checkpoint) VALUES ($1, $2) ON CONFLICT (job) DO UPDATE SET checkpoint = excluded.checkpoint");
+                Self::on_postgres(shown, client, |c| c.execute(&sql, &[&job.as_str(), &value]))?;
             }
         }
         Ok(())
@@ -270,16 +268,8 @@ impl CheckpointStore {
                 table,
                 client,
             } => {
-                let mut client = client.lock().unwrap_or_else(|p| p.into_inner());
-                client
-                    .execute(
-                        &format!("DELETE FROM {table} WHERE job = $1"),
-                        &[&job.as_str()],
-                    )
-                    .map_err(|source| CheckpointError::Postgres {
-                        location: shown.clone(),
-                        source,
-                    })?;
+                let sql = format!("DELETE FROM {table} WHERE job = $1");
+                Self::on_postgres(shown, client, |c| c.execute(&sql, &[&job.as_str()]))?;
             }
         }
         Ok(())
