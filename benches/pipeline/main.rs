@@ -1,0 +1,145 @@
+//! End-to-end throughput of recast's pipelines, beside baselines measured in the same run.
+//!
+//! `cargo bench --bench pipeline` generates `RECAST_BENCH_EVENTS` events (default 1,000,000)
+//! of the demo domain, then times, round-robin over `RECAST_BENCH_ROUNDS` rounds (default 3),
+//! each pipeline and each baseline, and reports medians in events/s and as a ratio to the
+//! pipeline's baseline (see [`report::ROWS`]):
+//! - B_val: parse every line into `serde_json::Value`; B_raw: into the envelope with a raw
+//!   payload; a raw sled insert of the records `migrate` writes, in batches of the same size;
+//! - `migrate` JSONL -> JSONL where every event is upcast once, where none is, and with the
+//!   demo upcasters; `migrate` JSONL -> sled with the demo upcasters;
+//! - `rebuild` of the demo projections into sled with the state in memory; parse + fold alone
+//!   (the same rebuild with its writes dropped); `rebuild` with a 4 MiB bound, beside raw
+//!   sled writes of the very rows that bounded rebuild writes, window by window.
+//!
+//! When PostgreSQL answers at `RECAST_BENCH_PG` (default the local test server), it also times
+//! the rebuild into PostgreSQL, its commits alone, and `psql \copy` of the same final rows.
+//! Unless `RECAST_BENCH_RSS=0`, it measures the peak RSS of the real binary's `generate`,
+//! `migrate` and bounded `rebuild` for N and 10 N events.
+//!
+//! The table goes to stdout, the figures as JSON to `target/pipeline.json`.
+
+mod jobs;
+mod observed;
+mod postgres;
+mod report;
+mod rss;
+
+use observed::Mode;
+use recast::event::Event;
+use recast::generate::{generate, GenerateOptions};
+use recast::readmodel::sled::SledReadModels;
+use recast::store::jsonl::JsonlSink;
+use recast::store::sled_store::SledStore;
+use recast::upcast::Registry;
+use std::path::Path;
+use std::time::Instant;
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn generate_log(path: &Path, events: u64) {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).expect("log creates"));
+    let options = GenerateOptions {
+        events,
+        streams: (events / 20).max(1),
+        seed: 1,
+    };
+    generate(options, &mut out).expect("log generates");
+}
+
+fn sled_models(path: &Path) -> Box<SledReadModels> {
+    Box::new(SledReadModels::open(path).expect("read models open"))
+}
+
+const BOUND: usize = 4 << 20;
+const IN_MEMORY: usize = 1 << 30;
+
+fn main() {
+    let events = env_number("RECAST_BENCH_EVENTS", 1_000_000);
+    let rounds = env_number("RECAST_BENCH_ROUNDS", 3).max(1);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let work = dir.path();
+    let log = work.join("log.jsonl");
+    generate_log(&log, events);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let demo = Registry::load_dir(&root.join("upcasters")).expect("upcasters load");
+    let every = jobs::one_step_each(&log, &work.join("one-step"));
+    let none = Registry::empty();
+    let (state, target) = (work.join("state"), work.join("target"));
+    // Untimed setup: the records migrate writes, and the windows a bounded rebuild writes.
+    let migrated = work.join("migrated.jsonl");
+    jobs::migrate(
+        &log,
+        &state,
+        &demo,
+        &mut JsonlSink::open(&migrated).expect("sink"),
+    );
+    let records = jobs::read_records(&migrated);
+    let seen = jobs::rebuild(&log, &demo, sled_models(&target), Mode::Record, BOUND);
+    let windows = std::mem::take(&mut *seen.windows.lock().expect("not poisoned"));
+
+    let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); report::ROWS.len()];
+    for _ in 0..rounds {
+        for (index, times) in seconds.iter_mut().enumerate() {
+            let _ = std::fs::remove_dir_all(&target);
+            let _ = std::fs::remove_file(&target);
+            let jsonl = || JsonlSink::open(&target).expect("sink");
+            let started = Instant::now();
+            match report::ROWS[index].id {
+                "b_val" => assert_eq!(jobs::parse_lines::<serde_json::Value>(&log), events),
+                "b_raw" => assert_eq!(jobs::parse_lines::<Event>(&log), events),
+                "sled_raw" => jobs::raw_sled_insert(&target, &records),
+                "migrate_every" => jobs::migrate(&log, &state, &every, &mut jsonl()),
+                "migrate_none" => jobs::migrate(&log, &state, &none, &mut jsonl()),
+                "migrate_demo" => jobs::migrate(&log, &state, &demo, &mut jsonl()),
+                "migrate_sled" => {
+                    let mut sink = SledStore::open(&target).expect("sink");
+                    jobs::migrate(&log, &state, &demo, &mut sink)
+                }
+                "rebuild_memory" => {
+                    jobs::rebuild(&log, &demo, sled_models(&target), Mode::Forward, IN_MEMORY);
+                }
+                "fold_only" => {
+                    jobs::rebuild(&log, &demo, sled_models(&target), Mode::Discard, IN_MEMORY);
+                }
+                "rebuild_bounded" => {
+                    jobs::rebuild(&log, &demo, sled_models(&target), Mode::Forward, BOUND);
+                }
+                "sled_windows" => jobs::raw_sled_windows(&target, &windows),
+                other => unreachable!("row {other} has no job"),
+            }
+            times.push(started.elapsed().as_secs_f64());
+        }
+    }
+    let location = std::env::var("RECAST_BENCH_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test?schema=recast_bench".into());
+    let postgres: Vec<postgres::PostgresRound> = (0..rounds)
+        .filter_map(|_| postgres::round(&log, work, &demo, &location))
+        .collect();
+    let rss = match env_number("RECAST_BENCH_RSS", 1) {
+        0 => Vec::new(),
+        _ => vec![
+            (events, rss::jobs(work, events)),
+            (events * 10, rss::jobs(work, events * 10)),
+        ],
+    };
+    let results = report::Results {
+        events,
+        rounds,
+        windows: windows.len(),
+        dirty_rows: windows.iter().map(Vec::len).sum(),
+        seconds,
+        postgres,
+        postgres_location: location,
+        rss,
+    };
+    results.print();
+    let path = root.join("target/pipeline.json");
+    std::fs::write(&path, results.json()).expect("report writes");
+    println!("written to {}", path.display());
+}

@@ -1,0 +1,263 @@
+//! The harness's rows, their baselines and targets, and the table and JSON made of them.
+
+use crate::postgres::PostgresRound;
+use serde_json::{json, Value};
+
+/// One timed row of the harness.
+pub struct RowSpec {
+    pub id: &'static str,
+    pub name: &'static str,
+    /// The row it is a ratio to, if any.
+    pub baseline: Option<&'static str>,
+    /// The lowest ratio issue 5 asks for, if it sets one.
+    pub target: Option<f64>,
+}
+
+const fn row(
+    id: &'static str,
+    name: &'static str,
+    baseline: Option<&'static str>,
+    target: Option<f64>,
+) -> RowSpec {
+    RowSpec {
+        id,
+        name,
+        baseline,
+        target,
+    }
+}
+
+/// Every timed row, in the order each round runs them.
+pub const ROWS: &[RowSpec] = &[
+    row("b_val", "B_val: serde_json::Value per line", None, None),
+    row("b_raw", "B_raw: envelope, raw payload", None, None),
+    row(
+        "sled_raw",
+        "raw sled insert of migrate's records",
+        None,
+        None,
+    ),
+    row(
+        "migrate_every",
+        "migrate JSONL->JSONL, every event upcast",
+        Some("b_raw"),
+        Some(0.33),
+    ),
+    row(
+        "migrate_none",
+        "migrate JSONL->JSONL, pass-through",
+        Some("b_raw"),
+        Some(0.6),
+    ),
+    row(
+        "migrate_demo",
+        "migrate JSONL->JSONL, demo upcasters",
+        Some("b_raw"),
+        None,
+    ),
+    row(
+        "migrate_sled",
+        "migrate JSONL->sled, demo upcasters",
+        Some("sled_raw"),
+        Some(0.8),
+    ),
+    row(
+        "rebuild_memory",
+        "rebuild -> sled, state in memory",
+        Some("b_raw"),
+        Some(0.2),
+    ),
+    row(
+        "fold_only",
+        "parse + fold, writes dropped",
+        Some("b_raw"),
+        None,
+    ),
+    row(
+        "rebuild_bounded",
+        "rebuild -> sled, 4 MiB bound",
+        Some("b_raw"),
+        None,
+    ),
+    row(
+        "sled_windows",
+        "raw sled writes of its dirty rows",
+        None,
+        None,
+    ),
+];
+
+/// The most time a bounded rebuild may take, over parse + fold plus raw dirty writes.
+pub const BOUNDED_TARGET: f64 = 1.25;
+
+/// Everything one run measured.
+pub struct Results {
+    pub events: u64,
+    pub rounds: u64,
+    pub windows: usize,
+    pub dirty_rows: usize,
+    /// Seconds of each round, per row of [`ROWS`].
+    pub seconds: Vec<Vec<f64>>,
+    pub postgres: Vec<PostgresRound>,
+    pub postgres_location: String,
+    /// Per log size: (job, peak RSS bytes).
+    pub rss: Vec<(u64, Vec<(&'static str, u64)>)>,
+}
+
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+impl Results {
+    fn time(&self, id: &str) -> f64 {
+        let index = ROWS.iter().position(|r| r.id == id).expect("known row");
+        median(self.seconds[index].clone())
+    }
+
+    /// Ratio of bounded rebuild time to parse + fold time plus raw writes of its dirty rows.
+    fn bounded_ratio(&self) -> f64 {
+        self.time("rebuild_bounded") / (self.time("fold_only") + self.time("sled_windows"))
+    }
+
+    fn rows(&self) -> Vec<Value> {
+        ROWS.iter()
+            .map(|spec| {
+                let rate = self.events as f64 / self.time(spec.id);
+                let ratio = spec.baseline.map(|b| self.time(b) / self.time(spec.id));
+                json!({
+                    "pipeline": spec.name, "events_per_second": rate, "baseline": spec.baseline
+                        .map(|b| ROWS.iter().find(|r| r.id == b).expect("known").name),
+                    "ratio": ratio, "target": spec.target,
+                    "met": spec.target.zip(ratio).map(|(t, r)| r >= t),
+                })
+            })
+            .collect()
+    }
+
+    fn postgres_json(&self) -> Value {
+        let Some(first) = self.postgres.first() else {
+            return Value::Null;
+        };
+        let rows = first.rows as f64;
+        let rebuild = median(self.postgres.iter().map(|r| r.rebuild_seconds).collect());
+        let commits = median(self.postgres.iter().map(|r| r.commit_seconds).collect());
+        let copy = median(self.postgres.iter().map(|r| r.copy_seconds).collect());
+        json!({
+            "final_rows": first.rows,
+            "rebuild_events_per_second": self.events as f64 / rebuild,
+            "rebuild_rows_per_second": rows / rebuild,
+            "commit_rows_per_second": rows / commits,
+            "psql_copy_rows_per_second": rows / copy,
+            "ratio_end_to_end": copy / rebuild,
+            "ratio_commits": copy / commits,
+            "target": 0.8,
+        })
+    }
+
+    fn rss_json(&self) -> Value {
+        let sizes: Vec<Value> = self
+            .rss
+            .iter()
+            .map(|(events, jobs)| {
+                let jobs: Vec<Value> = jobs
+                    .iter()
+                    .map(|(job, bytes)| json!({"job": job, "peak_rss_bytes": bytes}))
+                    .collect();
+                json!({"events": events, "jobs": jobs})
+            })
+            .collect();
+        json!(sizes)
+    }
+
+    /// The whole run as pretty JSON.
+    pub fn json(&self) -> String {
+        let report = json!({
+            "events": self.events, "rounds": self.rounds,
+            "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+            "results": self.rows(),
+            "bounded": {"windows": self.windows, "dirty_rows": self.dirty_rows,
+                "ratio_to_fold_plus_raw_writes": self.bounded_ratio(), "target_at_most": BOUNDED_TARGET},
+            "postgres": self.postgres_json(),
+            "peak_rss": self.rss_json(),
+        });
+        serde_json::to_string_pretty(&report).expect("serializes")
+    }
+
+    /// The table, on stdout.
+    pub fn print(&self) {
+        println!(
+            "{} events, {} rounds, medians, one process on {} cores",
+            self.events,
+            self.rounds,
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        );
+        println!(
+            "{:<42} {:>12} {:>10} {:>8}  baseline",
+            "pipeline", "events/s", "ratio", "target"
+        );
+        for row in self.rows() {
+            let ratio = row["ratio"]
+                .as_f64()
+                .map_or(String::new(), |r| format!("{r:.2}"));
+            let target = row["target"]
+                .as_f64()
+                .map_or(String::new(), |t| format!(">={t}"));
+            println!(
+                "{:<42} {:>12.0} {:>10} {:>8}  {}",
+                row["pipeline"].as_str().unwrap_or_default(),
+                row["events_per_second"].as_f64().unwrap_or_default(),
+                ratio,
+                target,
+                row["baseline"].as_str().unwrap_or("-"),
+            );
+        }
+        println!(
+            "bounded rebuild time / (parse + fold + raw writes of its {} dirty rows in {} windows): {:.2} (target <= {BOUNDED_TARGET})",
+            self.dirty_rows, self.windows, self.bounded_ratio()
+        );
+        self.print_postgres();
+        self.print_rss();
+    }
+
+    fn print_postgres(&self) {
+        let pg = self.postgres_json();
+        if pg.is_null() {
+            println!(
+                "PostgreSQL not reachable at {}: its rows are left out",
+                self.postgres_location
+            );
+            return;
+        }
+        println!(
+            "PostgreSQL, {} final rows: rebuild {:.0} rows/s ({:.0} events/s), its commits {:.0} rows/s, psql \\copy {:.0} rows/s; ratio end to end {:.2}, commits {:.2} (target >= 0.8)",
+            pg["final_rows"], pg["rebuild_rows_per_second"].as_f64().unwrap_or_default(),
+            pg["rebuild_events_per_second"].as_f64().unwrap_or_default(),
+            pg["commit_rows_per_second"].as_f64().unwrap_or_default(),
+            pg["psql_copy_rows_per_second"].as_f64().unwrap_or_default(),
+            pg["ratio_end_to_end"].as_f64().unwrap_or_default(),
+            pg["ratio_commits"].as_f64().unwrap_or_default(),
+        );
+    }
+
+    fn print_rss(&self) {
+        let Some((small, first)) = self.rss.first() else {
+            return;
+        };
+        for (index, (job, bytes)) in first.iter().enumerate() {
+            let mut line = format!(
+                "peak RSS {job:<30} {small} events: {:.1} MB",
+                *bytes as f64 / 1e6
+            );
+            for (events, jobs) in &self.rss[1..] {
+                let other = jobs[index].1;
+                line.push_str(&format!(
+                    ", {events} events: {:.1} MB ({:.2}x)",
+                    other as f64 / 1e6,
+                    other as f64 / *bytes as f64
+                ));
+            }
+            println!("{line}");
+        }
+    }
+}
