@@ -55,7 +55,7 @@ pub fn raw_sled_insert(folder: &Path, records: &[Vec<u8>]) {
 }
 
 /// The baseline of a bounded rebuild's writes: the same rows, one batch and flush per window.
-pub fn raw_sled_windows(folder: &Path, windows: &[Vec<(Vec<u8>, Vec<u8>)>]) {
+pub fn raw_sled_windows(folder: &Path, windows: &[crate::observed::WindowRows]) {
     let db = sled::open(folder).expect("sled opens");
     let tree = db.open_tree("readmodels").expect("tree opens");
     for window in windows {

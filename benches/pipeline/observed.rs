@@ -23,13 +23,16 @@ pub enum Mode {
     Discard,
 }
 
+/// The rows of one window, as the (key, JSON) bytes a raw sled insert writes.
+pub type WindowRows = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// What every handle of one observed store shares.
 #[derive(Default)]
 pub struct Seen {
     /// Seconds spent in `commit` of the wrapped store.
     pub commit_seconds: Mutex<f64>,
     /// The rows of each window, as (key, JSON) bytes.
-    pub windows: Mutex<Vec<Vec<(Vec<u8>, Vec<u8>)>>>,
+    pub windows: Mutex<Vec<WindowRows>>,
 }
 
 /// The wrapper.
