@@ -17,6 +17,8 @@
 //! Unless `RECAST_BENCH_RSS=0`, it measures the peak RSS of the real binary's `generate`,
 //! `migrate` and bounded `rebuild` for N and 10 N events.
 //!
+//! `RECAST_BENCH_ONLY=ID,ID` (row ids of [`report::ROWS`], `postgres`, `rss`) times only those.
+//!
 //! The table goes to stdout, the figures as JSON to `target/pipeline.json`.
 
 mod jobs;
@@ -34,6 +36,11 @@ use recast::store::sled_store::SledStore;
 use recast::upcast::Registry;
 use std::path::Path;
 use std::time::Instant;
+
+// The allocator of the `recast` binary, so the pipelines and their baselines run as they would
+// there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -83,9 +90,15 @@ fn main() {
     let seen = jobs::rebuild(&log, &demo, sled_models(&target), Mode::Record, BOUND);
     let windows = std::mem::take(&mut *seen.windows.lock().expect("not poisoned"));
 
+    // RECAST_BENCH_ONLY=b_raw,migrate_none times only those rows (for profiling sessions).
+    let only = std::env::var("RECAST_BENCH_ONLY").ok();
+    let selected = |id: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == id));
     let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); report::ROWS.len()];
     for _ in 0..rounds {
         for (index, times) in seconds.iter_mut().enumerate() {
+            if !selected(report::ROWS[index].id) {
+                continue;
+            }
             let _ = std::fs::remove_dir_all(&target);
             let _ = std::fs::remove_file(&target);
             let jsonl = || JsonlSink::open(&target).expect("sink");
@@ -119,9 +132,11 @@ fn main() {
     let location = std::env::var("RECAST_BENCH_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test?schema=recast_bench".into());
     let postgres: Vec<postgres::PostgresRound> = (0..rounds)
+        .filter(|_| selected("postgres"))
         .filter_map(|_| postgres::round(&log, work, &demo, &location))
         .collect();
     let rss = match env_number("RECAST_BENCH_RSS", 1) {
+        _ if !selected("rss") => Vec::new(),
         0 => Vec::new(),
         _ => vec![
             (events, rss::jobs(work, events)),

@@ -110,21 +110,24 @@ pub fn median(mut values: Vec<f64>) -> f64 {
 }
 
 impl Results {
-    fn time(&self, id: &str) -> f64 {
+    /// The median seconds of a row; `None` when it was not timed.
+    fn time(&self, id: &str) -> Option<f64> {
         let index = ROWS.iter().position(|r| r.id == id).expect("known row");
-        median(self.seconds[index].clone())
+        let times = &self.seconds[index];
+        (!times.is_empty()).then(|| median(times.clone()))
     }
 
     /// Ratio of bounded rebuild time to parse + fold time plus raw writes of its dirty rows.
-    fn bounded_ratio(&self) -> f64 {
-        self.time("rebuild_bounded") / (self.time("fold_only") + self.time("sled_windows"))
+    fn bounded_ratio(&self) -> Option<f64> {
+        Some(self.time("rebuild_bounded")? / (self.time("fold_only")? + self.time("sled_windows")?))
     }
 
     fn rows(&self) -> Vec<Value> {
         ROWS.iter()
-            .map(|spec| {
-                let rate = self.events as f64 / self.time(spec.id);
-                let ratio = spec.baseline.map(|b| self.time(b) / self.time(spec.id));
+            .filter_map(|spec| Some((spec, self.time(spec.id)?)))
+            .map(|(spec, time)| {
+                let rate = self.events as f64 / time;
+                let ratio = spec.baseline.and_then(|b| self.time(b)).map(|b| b / time);
                 json!({
                     "pipeline": spec.name, "events_per_second": rate, "baseline": spec.baseline
                         .map(|b| ROWS.iter().find(|r| r.id == b).expect("known").name),
@@ -212,10 +215,12 @@ impl Results {
                 row["baseline"].as_str().unwrap_or("-"),
             );
         }
-        println!(
-            "bounded rebuild time / (parse + fold + raw writes of its {} dirty rows in {} windows): {:.2} (target <= {BOUNDED_TARGET})",
-            self.dirty_rows, self.windows, self.bounded_ratio()
-        );
+        if let Some(ratio) = self.bounded_ratio() {
+            println!(
+                "bounded rebuild time / (parse + fold + raw writes of its {} dirty rows in {} windows): {ratio:.2} (target <= {BOUNDED_TARGET})",
+                self.dirty_rows, self.windows
+            );
+        }
         self.print_postgres();
         self.print_rss();
     }

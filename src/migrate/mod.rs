@@ -67,7 +67,7 @@ use crate::upcast::{derived_event_id, Registry, UpcastError};
 use dead_letter::{DeadLetterError, DeadLetterFile};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use rustc_hash::FxHashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use template::TemplateError;
@@ -241,7 +241,9 @@ impl Migration<'_> {
             job: &job,
             writer,
             dead_letters: None,
-            heads: HashMap::new(),
+            heads: FxHashMap::default(),
+            revisions: Vec::new(),
+            batch_number: 0,
             resumed,
             key: String::new(),
         };
@@ -272,8 +274,13 @@ struct Run<'a, 'w> {
     job: &'a JobId,
     writer: Writer<'w>,
     dead_letters: Option<DeadLetterFile>,
-    /// Last revision written to each target stream by this run.
-    heads: HashMap<String, u64>,
+    /// Each target stream written by this run: its slot in `revisions`.
+    heads: FxHashMap<String, usize>,
+    /// Per slot: the last revision written (`None` before the first write), and the batch
+    /// that last checked the stream.
+    revisions: Vec<(Option<u64>, u64)>,
+    /// Numbers the batches, for `revisions`.
+    batch_number: u64,
     resumed: bool,
     /// Reused buffer for `Type vN` count keys.
     key: String,
@@ -450,31 +457,41 @@ impl Run<'_, '_> {
         if pending.is_empty() {
             return Ok(());
         }
+        self.batch_number += 1;
         let mut requests: Vec<AppendRequest> = Vec::new();
-        let mut in_batch: HashSet<String> = HashSet::new();
+        let mut slots: Vec<usize> = Vec::new();
         for (stream, event) in pending {
             if let Some(last) = requests.last_mut().filter(|r| r.stream == stream) {
                 last.events.push(event);
                 continue;
             }
-            let expected = match (self.heads.get(&stream), in_batch.contains(&stream)) {
-                // An earlier request of this same batch has already checked the stream.
-                (_, true) => ExpectedRevision::Any,
-                (Some(&revision), false) => ExpectedRevision::Exact(revision),
-                (None, false) if self.resumed => ExpectedRevision::Any,
-                (None, false) => ExpectedRevision::NoStream,
+            let slot = match self.heads.get(&stream) {
+                Some(&slot) => slot,
+                None => {
+                    self.heads.insert(stream.clone(), self.revisions.len());
+                    self.revisions.push((None, 0));
+                    self.revisions.len() - 1
+                }
             };
-            in_batch.insert(stream.clone());
+            let (revision, checked_in) = &mut self.revisions[slot];
+            let expected = match revision {
+                // An earlier request of this same batch has already checked the stream.
+                _ if *checked_in == self.batch_number => ExpectedRevision::Any,
+                Some(revision) => ExpectedRevision::Exact(*revision),
+                None if self.resumed => ExpectedRevision::Any,
+                None => ExpectedRevision::NoStream,
+            };
+            *checked_in = self.batch_number;
+            slots.push(slot);
             requests.push(AppendRequest {
                 stream,
                 expected,
                 events: vec![event],
             });
         }
-        let streams: Vec<String> = requests.iter().map(|r| r.stream.clone()).collect();
         let outcomes = self.writer.sink.append_batch(requests).await?;
-        for (stream, outcome) in streams.into_iter().zip(outcomes) {
-            self.heads.insert(stream, outcome.last_revision);
+        for (slot, outcome) in slots.into_iter().zip(outcomes) {
+            self.revisions[slot].0 = Some(outcome.last_revision);
         }
         Ok(())
     }
