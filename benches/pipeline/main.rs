@@ -92,7 +92,10 @@ fn main() {
 
     // RECAST_BENCH_ONLY=b_raw,migrate_none times only those rows (for profiling sessions).
     let only = std::env::var("RECAST_BENCH_ONLY").ok();
-    let selected = |id: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == id));
+    let selected = |id: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|x| x == id))
+    };
     let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); report::ROWS.len()];
     for _ in 0..rounds {
         for (index, times) in seconds.iter_mut().enumerate() {

@@ -119,7 +119,10 @@ impl Results {
 
     /// Ratio of bounded rebuild time to parse + fold time plus raw writes of its dirty rows.
     fn bounded_ratio(&self) -> Option<f64> {
-        Some(self.time("rebuild_bounded")? / (self.time("fold_only")? + self.time("sled_windows")?))
+        Some(
+            self.time("rebuild_bounded")?
+                / (self.time("fold_only")? + self.time("sled_windows")?),
+        )
     }
 
     fn rows(&self) -> Vec<Value> {

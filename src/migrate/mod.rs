@@ -66,8 +66,8 @@ use crate::store::{
 use crate::upcast::{derived_event_id, Registry, UpcastError};
 use dead_letter::{DeadLetterError, DeadLetterFile};
 use futures::TryStreamExt;
-use serde::{Deserialize, Serialize};
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use template::TemplateError;

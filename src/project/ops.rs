@@ -10,6 +10,7 @@
 use crate::event::Event;
 use crate::upcast::jq::{JqError, JqFilter};
 use crate::upcast::pointer::{type_name, Pointer, PointerError};
+use jaq_json::Val;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -217,15 +218,24 @@ impl CompiledProjectionOp {
                     .jq
                     .as_ref()
                     .expect("jq ops are compiled with their filter");
-                let input = serde_json::json!({
-                    "state": state,
-                    "event": {
-                        "stream": event.stream, "revision": event.revision, "position": event.position,
-                        "id": event.id, "type": event.event_type, "version": event.version,
-                        "data": data, "recorded_at": event.recorded_at,
-                    }
-                });
-                *state = filter.run(&input)?;
+                use crate::upcast::jq::{object, to_val};
+                let text = |s: &str| to_val(&Value::String(s.to_string()));
+                let number = |n: Option<u64>| n.map_or(Val::Null, |n| to_val(&Value::from(n)));
+                let event_val = object([
+                    ("stream", text(&event.stream)),
+                    ("revision", number(Some(event.revision))),
+                    ("position", number(event.position)),
+                    ("id", text(&event.id.to_string())),
+                    ("type", text(&event.event_type)),
+                    ("version", number(Some(event.version.into()))),
+                    ("data", to_val(data)),
+                    (
+                        "recorded_at",
+                        event.recorded_at.as_deref().map_or(Val::Null, text),
+                    ),
+                ]);
+                let input = object([("state", to_val(state)), ("event", event_val)]);
+                *state = filter.run_val(input)?;
             }
         }
         Ok(Outcome::Keep)
