@@ -5,11 +5,6 @@ mod cli;
 
 use clap::Parser;
 
-// glibc's malloc and free were a fifth of a pass-through migration's time (perf, 1M events:
-// several short-lived strings per event); mimalloc halves that.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

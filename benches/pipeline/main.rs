@@ -15,7 +15,7 @@
 //! When PostgreSQL answers at `RECAST_BENCH_PG` (default the local test server), it also times
 //! the rebuild into PostgreSQL, its commits alone, and `psql \copy` of the same final rows.
 //! Unless `RECAST_BENCH_RSS=0`, it measures the peak RSS of the real binary's `generate`,
-//! `migrate` and bounded `rebuild` for N and 10 N events.
+//! `migrate` and bounded `rebuild` for N and 10 N events over the same N / 20 streams.
 //!
 //! `RECAST_BENCH_ONLY=ID,ID` (row ids of [`report::ROWS`], `postgres`, `rss`) times only those.
 //!
@@ -36,11 +36,6 @@ use recast::store::sled_store::SledStore;
 use recast::upcast::Registry;
 use std::path::Path;
 use std::time::Instant;
-
-// The allocator of the `recast` binary, so the pipelines and their baselines run as they would
-// there.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -138,12 +133,13 @@ fn main() {
         .filter(|_| selected("postgres"))
         .filter_map(|_| postgres::round(&log, work, &demo, &location))
         .collect();
+    let streams = (events / 20).max(1);
     let rss = match env_number("RECAST_BENCH_RSS", 1) {
         _ if !selected("rss") => Vec::new(),
         0 => Vec::new(),
         _ => vec![
-            (events, rss::jobs(work, events)),
-            (events * 10, rss::jobs(work, events * 10)),
+            (events, rss::jobs(work, events, streams)),
+            (events * 10, rss::jobs(work, events * 10, streams)),
         ],
     };
     let results = report::Results {

@@ -257,14 +257,23 @@ pub(crate) fn is_lock_error(error: &sled::Error) -> bool {
     matches!(error, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
+/// The most memory sled's page cache of one store may hold.
+pub const SLED_CACHE_BYTES: u64 = 32 << 20;
+
 /// Opens a sled folder. sled releases its folder lock from a background thread shortly after
 /// the last handle is dropped, so a store closed and reopened by the same process (`recast
 /// run` migrates into a store, then rebuilds from it) may find it still locked for a moment:
 /// a lock error is retried for up to a second before it is reported.
+///
+/// sled's page cache is capped at [`SLED_CACHE_BYTES`]; its default (1 GiB) let a process's
+/// memory grow with the size of the store it reads and writes.
 pub(crate) fn open_db(path: &Path) -> Result<sled::Db, sled::Error> {
     let mut attempts = 0;
     loop {
-        match sled::open(path) {
+        let config = sled::Config::new()
+            .path(path)
+            .cache_capacity(SLED_CACHE_BYTES);
+        match config.open() {
             Err(error) if is_lock_error(&error) && attempts < 50 => {
                 attempts += 1;
                 std::thread::sleep(std::time::Duration::from_millis(20));
