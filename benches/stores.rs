@@ -6,7 +6,7 @@ use recast::event::Event;
 use recast::generate::{generate, GenerateOptions};
 use recast::store::jsonl::{JsonlSink, JsonlSource};
 use recast::store::sled_store::SledStore;
-use recast::store::{AppendRequest, EventSink, EventSource, ExpectedRevision, NewEvent};
+use recast::store::{AppendRequest, EventSink, ExpectedRevision, NewEvent};
 use std::path::Path;
 
 const EVENTS: u64 = 5_000;
