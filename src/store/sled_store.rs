@@ -4,9 +4,13 @@
 //! - `E` + log position (u64 big-endian) -> the envelope as one JSON line;
 //! - `S` + stream name + `0xFF` + revision (u64 BE) -> log position; `0xFF` never occurs in
 //!   UTF-8, so one stream's keys are one contiguous range;
-//! - `H` + stream name -> revision of its last event;
 //! - `I` + event id (16 bytes) -> log position, for idempotent appends;
 //! - `M` -> the next log position.
+//!
+//! A stream's head (its last revision) is the last `S` key of the stream. The store keeps the
+//! heads it has seen in memory (up to [`HEAD_CACHE_STREAMS`] streams, then it starts over), so
+//! most appends look nothing up in sled for the revision check. A head key per stream, written
+//! with every append, cost a quarter of the store's sled writes.
 //!
 //! One tree lets [`EventSink::append_batch`] write a whole batch as one atomic sled `Batch`
 //! (much cheaper than a multi-tree transaction) and flush it, so once it returns a kill -9
@@ -27,22 +31,26 @@ use super::{
 use crate::event::{validate_stream_name, Event};
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 const EVENT: u8 = b'E';
 const STREAM: u8 = b'S';
-const HEAD: u8 = b'H';
 const ID: u8 = b'I';
 const NEXT_POSITION: &[u8] = b"M";
 const STREAM_SEPARATOR: u8 = 0xFF;
+
+/// The most stream heads the store keeps in memory.
+pub const HEAD_CACHE_STREAMS: usize = 100_000;
 
 /// The sled event store.
 pub struct SledStore {
     path: PathBuf,
     db: sled::Db,
     tree: sled::Tree,
+    /// Heads of streams as stored (only what committed batches wrote).
+    heads: FxHashMap<String, u64>,
 }
 
 fn event_key(position: u64) -> [u8; 9] {
@@ -57,13 +65,6 @@ fn stream_key(stream: &str, revision: u64) -> Vec<u8> {
     key.extend_from_slice(stream.as_bytes());
     key.push(STREAM_SEPARATOR);
     key.extend_from_slice(&revision.to_be_bytes());
-    key
-}
-
-fn head_key(stream: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(stream.len() + 1);
-    key.push(HEAD);
-    key.extend_from_slice(stream.as_bytes());
     key
 }
 
@@ -82,10 +83,12 @@ fn read_u64(bytes: &[u8]) -> u64 {
 
 /// What one batch has written so far, before it is applied: the checks of later requests in
 /// the same batch must see it.
+/// `heads` starts as the store's cache of stored heads and goes back to it once the batch is
+/// applied.
 #[derive(Default)]
 struct Pending {
-    heads: HashMap<String, u64>,
-    ids: HashMap<Uuid, Event>,
+    heads: FxHashMap<String, u64>,
+    ids: FxHashMap<Uuid, Event>,
 }
 
 impl SledStore {
@@ -100,6 +103,7 @@ impl SledStore {
             path: path.to_path_buf(),
             db,
             tree,
+            heads: FxHashMap::default(),
         })
     }
 
@@ -136,9 +140,20 @@ impl SledStore {
         if let Some(&revision) = pending.heads.get(stream) {
             return Ok(StreamState::At(revision));
         }
-        Ok(self
-            .get(&head_key(stream))?
-            .map_or(StreamState::NoStream, |b| StreamState::At(read_u64(&b))))
+        self.stored_head(stream)
+    }
+
+    /// The last revision of a stream, from its last `S` key.
+    fn stored_head(&self, stream: &str) -> Result<StreamState, StoreError> {
+        let last = self
+            .tree
+            .get_lt(stream_key(stream, u64::MAX))
+            .map_err(|e| self.sled_error(e))?;
+        let prefix = &stream_key(stream, 0)[..stream.len() + 2];
+        Ok(match last {
+            Some((key, _)) if key.starts_with(prefix) => StreamState::At(read_u64(&key)),
+            _ => StreamState::NoStream,
+        })
     }
 
     /// The stored event with this id, from the pending batch or the tree.
@@ -227,7 +242,6 @@ impl SledStore {
             let position_bytes = next_position.to_be_bytes();
             batch.insert(&event_key(*next_position), event.to_json_line().as_bytes());
             batch.insert(stream_key(&request.stream, revision), &position_bytes);
-            batch.insert(head_key(&request.stream), &revision.to_be_bytes());
             batch.insert(&id_key(&event.id), &position_bytes);
             pending.heads.insert(request.stream.clone(), revision);
             pending.ids.insert(event.id, event);
@@ -329,14 +343,21 @@ impl EventSource for SledStore {
 
     fn list_streams(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
         async move {
-            self.tree
-                .scan_prefix([HEAD])
-                .keys()
-                .map(|key| {
-                    let key = key.map_err(|e| self.sled_error(e))?;
-                    Ok(String::from_utf8_lossy(&key[1..]).into_owned())
-                })
-                .collect()
+            // One seek per stream: from each stream's first `S` key, jump past its last one.
+            let mut streams = Vec::new();
+            let mut cursor = vec![STREAM];
+            while let Some((key, _)) = self.tree.get_gt(&cursor).map_err(|e| self.sled_error(e))? {
+                if key.first() != Some(&STREAM) || key.len() < 10 {
+                    break;
+                }
+                let name = &key[1..key.len() - 9];
+                streams.push(String::from_utf8_lossy(name).into_owned());
+                cursor = key[..key.len() - 8].to_vec();
+                cursor.extend_from_slice(&[0xFF; 8]);
+            }
+            // Index order puts "a-1" before "a" (the separator sorts last); list by name.
+            streams.sort_unstable();
+            Ok(streams)
         }
         .boxed()
     }
@@ -357,7 +378,13 @@ impl EventSink for SledStore {
         &'a mut self,
         stream: &'a str,
     ) -> BoxFuture<'a, Result<StreamState, StoreError>> {
-        async move { self.head(stream, &Pending::default()) }.boxed()
+        async move {
+            match self.heads.get(stream) {
+                Some(&revision) => Ok(StreamState::At(revision)),
+                None => self.stored_head(stream),
+            }
+        }
+        .boxed()
     }
 
     fn append_batch(
@@ -366,7 +393,11 @@ impl EventSink for SledStore {
     ) -> BoxFuture<'_, Result<Vec<AppendOutcome>, StoreError>> {
         async move {
             let mut writes = sled::Batch::default();
-            let mut pending = Pending::default();
+            // Taken, not borrowed: if the batch fails, the heads it staged are dropped with it.
+            let mut pending = Pending {
+                heads: std::mem::take(&mut self.heads),
+                ids: FxHashMap::default(),
+            };
             let mut next_position = self.len()?;
             let mut outcomes = Vec::with_capacity(batch.len());
             for request in batch {
@@ -382,6 +413,9 @@ impl EventSink for SledStore {
                 .apply_batch(writes)
                 .map_err(|e| self.sled_error(e))?;
             self.db.flush().map_err(|e| self.sled_error(e))?;
+            if pending.heads.len() <= HEAD_CACHE_STREAMS {
+                self.heads = pending.heads;
+            }
             Ok(outcomes)
         }
         .boxed()
@@ -513,6 +547,55 @@ mod tests {
         assert_eq!(stream.len(), 1);
         assert_eq!(stream[0].id, Uuid::from_u128(3));
         assert_eq!(store.list_streams().await.unwrap(), vec!["a-1", "b-1"]);
+    }
+
+    #[tokio::test]
+    async fn heads_come_back_from_the_stream_index_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["a", "a-1", "ab", "b"];
+        {
+            let mut store = SledStore::open(dir.path()).unwrap();
+            let requests = names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let events = (0..=i as u128).map(|n| new_event(i as u128 * 10 + n, 1));
+                    request(name, ExpectedRevision::NoStream, events.collect())
+                })
+                .collect();
+            store.append_batch(requests).await.unwrap();
+        }
+        let mut store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.list_streams().await.unwrap(), names);
+        for (i, name) in names.iter().enumerate() {
+            let state = store.stream_state(name).await.unwrap();
+            assert_eq!(state, StreamState::At(i as u64), "{name}");
+        }
+        assert_eq!(
+            store.stream_state("a-").await.unwrap(),
+            StreamState::NoStream
+        );
+        let err = store
+            .append_batch(vec![request(
+                "ab",
+                ExpectedRevision::Exact(0),
+                vec![new_event(99, 1)],
+            )])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::WrongExpectedRevision { .. }),
+            "{err}"
+        );
+        let outcome = store
+            .append_batch(vec![request(
+                "ab",
+                ExpectedRevision::Exact(2),
+                vec![new_event(99, 1)],
+            )])
+            .await
+            .unwrap();
+        assert_eq!(outcome[0].last_revision, 3);
     }
 
     #[test]
