@@ -39,6 +39,10 @@ use recast::upcast::Registry;
 use std::path::Path;
 use std::time::Instant;
 
+// The allocator of the `recast` binary, so pipelines and baselines run as they would there.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()

@@ -38,7 +38,7 @@ pub fn peak_rss(folder: &Path, args: &[&str]) -> u64 {
     }
 }
 
-/// Peak RSS of generate, migrate (JSONL -> JSONL, demo upcasters) and a bounded rebuild
+/// Peak RSS of generate, migrate (JSONL -> JSONL and JSONL -> sled, demo upcasters) and a bounded rebuild
 /// (JSONL -> sled, 4 MiB) of a generated log of `events` events over `streams` streams:
 /// (job, bytes). Both sizes use the same streams, so what grows is the log alone: recast keeps
 /// one revision counter per target stream while it migrates, by design.
@@ -84,6 +84,25 @@ pub fn jobs(folder: &Path, events: u64, streams: u64) -> Vec<(&'static str, u64)
             ],
         ),
     ));
+    let store = format!("sled:{}", folder.join("rss-store").display());
+    let state = folder.join("rss-state-sled").display().to_string();
+    out.push((
+        "migrate JSONL -> sled",
+        peak_rss(
+            folder,
+            &[
+                "migrate",
+                "--from",
+                &format!("jsonl:{log_text}"),
+                "--to",
+                &store,
+                "--upcasters",
+                &upcasters,
+                "--state",
+                &state,
+            ],
+        ),
+    ));
     let readmodels = format!("sled:{}", folder.join("rss-readmodels").display());
     out.push((
         "rebuild -> sled, 4 MiB bound",
@@ -104,7 +123,13 @@ pub fn jobs(folder: &Path, events: u64, streams: u64) -> Vec<(&'static str, u64)
             ],
         ),
     ));
-    for leftover in ["rss-out.jsonl", "rss-state", "rss-readmodels"] {
+    for leftover in [
+        "rss-out.jsonl",
+        "rss-state",
+        "rss-store",
+        "rss-state-sled",
+        "rss-readmodels",
+    ] {
         let path = folder.join(leftover);
         let _ = std::fs::remove_dir_all(&path);
         let _ = std::fs::remove_file(&path);
