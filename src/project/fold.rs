@@ -129,7 +129,9 @@ impl Fold {
         }
         let stored = load(member, key)?;
         Ok(match self.members[member].projection.kind() {
-            ProjectionKind::Snapshot => stored.and_then(|row| row.get("state").cloned()),
+            ProjectionKind::Snapshot => {
+                stored.and_then(|mut row| row.get_mut("state").map(Value::take))
+            }
             ProjectionKind::Table => stored,
         })
     }

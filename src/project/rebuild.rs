@@ -384,8 +384,18 @@ impl Rebuilder<'_> {
                 checkpoint,
             });
         }
+        // A part with no checkpoint has no rows either (rows and checkpoints commit together),
+        // so until the lane's first window its loads need not ask the store: on a fresh
+        // generation in PostgreSQL that was one query per new key.
+        let unwritten: Vec<AtomicBool> = members
+            .iter()
+            .map(|m| AtomicBool::new(m.checkpoint.position.is_none()))
+            .collect();
         let mut fold = Fold::new(members, self.options.on_error);
         let load = |member: usize, key: &str| -> Result<Option<Value>, ReadModelError> {
+            if unwritten[member].load(Ordering::Relaxed) {
+                return Ok(None);
+            }
             let part = &lane.members[member].part;
             store.row(&part.projection, part.generation, key)
         };
@@ -407,7 +417,7 @@ impl Rebuilder<'_> {
             let mut seen = 0u64;
             while let Some(event) = events.try_next().await? {
                 if let Err(err) = self.fold_event(event, &mut fold, &load, &only) {
-                    self.write(store, &lane, &mut fold, started, applied)?;
+                    self.write(store, &lane, &mut fold, (started, applied), &unwritten)?;
                     return Err(err);
                 }
                 applied += 1;
@@ -416,12 +426,12 @@ impl Rebuilder<'_> {
                     reported = applied;
                     progress(read.fetch_add(1024, Ordering::Relaxed) + 1024);
                     if stop.load(Ordering::SeqCst) {
-                        self.write(store, &lane, &mut fold, started, applied)?;
+                        self.write(store, &lane, &mut fold, (started, applied), &unwritten)?;
                         return Ok(false);
                     }
                 }
                 if fold.dirty_bytes() > window_bytes {
-                    self.write(store, &lane, &mut fold, started, applied)?;
+                    self.write(store, &lane, &mut fold, (started, applied), &unwritten)?;
                 }
             }
             drop(events);
@@ -432,10 +442,10 @@ impl Rebuilder<'_> {
                 for member in &mut fold.members {
                     member.checkpoint.caught_up = true;
                 }
-                self.write(store, &lane, &mut fold, started, applied)?;
+                self.write(store, &lane, &mut fold, (started, applied), &unwritten)?;
                 on_caught_up()?;
             } else if seen > 0 {
-                self.write(store, &lane, &mut fold, started, applied)?;
+                self.write(store, &lane, &mut fold, (started, applied), &unwritten)?;
             }
             if !self.options.follow {
                 return Ok(true);
@@ -451,28 +461,40 @@ impl Rebuilder<'_> {
                 // whenever it fills or the subscription has been quiet for a poll interval.
                 loop {
                     if stop.load(Ordering::SeqCst) {
-                        self.write(store, &lane, &mut fold, started, applied)?;
+                        self.write(store, &lane, &mut fold, (started, applied), &unwritten)?;
                         return Ok(false);
                     }
                     match tokio::time::timeout(self.options.poll_interval, live.try_next()).await {
                         Ok(Ok(Some(event))) => {
                             if let Err(err) = self.fold_event(event, &mut fold, &load, &only) {
-                                self.write(store, &lane, &mut fold, started, applied)?;
+                                self.write(
+                                    store,
+                                    &lane,
+                                    &mut fold,
+                                    (started, applied),
+                                    &unwritten,
+                                )?;
                                 return Err(err);
                             }
                             applied += 1;
                             read.fetch_add(1, Ordering::Relaxed);
                             if fold.dirty_bytes() > window_bytes {
-                                self.write(store, &lane, &mut fold, started, applied)?;
+                                self.write(
+                                    store,
+                                    &lane,
+                                    &mut fold,
+                                    (started, applied),
+                                    &unwritten,
+                                )?;
                             }
                         }
                         Ok(Ok(None)) => return Ok(true),
                         Ok(Err(err)) => {
-                            self.write(store, &lane, &mut fold, started, applied)?;
+                            self.write(store, &lane, &mut fold, (started, applied), &unwritten)?;
                             return Err(err.into());
                         }
                         Err(_quiet) if fold.dirty_bytes() > 0 => {
-                            self.write(store, &lane, &mut fold, started, applied)?
+                            self.write(store, &lane, &mut fold, (started, applied), &unwritten)?
                         }
                         Err(_quiet) => {}
                     }
@@ -481,7 +503,7 @@ impl Rebuilder<'_> {
             let wait_until = Instant::now() + self.options.poll_interval;
             while Instant::now() < wait_until {
                 if stop.load(Ordering::SeqCst) {
-                    self.write(store, &lane, &mut fold, started, applied)?;
+                    self.write(store, &lane, &mut fold, (started, applied), &unwritten)?;
                     return Ok(false);
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -503,14 +525,15 @@ impl Rebuilder<'_> {
         Ok(())
     }
 
-    /// Writes the lane's dirty states with the checkpoints that cover them, atomically.
+    /// Writes the lane's dirty states with the checkpoints that cover them, atomically; the
+    /// lane's parts then have rows in the store (`unwritten` turns false).
     fn write(
         &self,
         store: &dyn ReadModelStore,
         lane: &Lane,
         fold: &mut Fold,
-        started: Instant,
-        applied: u64,
+        (started, applied): (Instant, u64),
+        unwritten: &[AtomicBool],
     ) -> Result<(), RebuildError> {
         let rate = applied as f64 / started.elapsed().as_secs_f64().max(1e-9);
         let dirty = fold.take_dirty();
@@ -560,6 +583,9 @@ impl Rebuilder<'_> {
             dead_letters,
             lease: lane.lease.clone(),
         })?;
+        for flag in unwritten {
+            flag.store(false, Ordering::Relaxed);
+        }
         Ok(())
     }
 }
