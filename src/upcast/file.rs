@@ -235,6 +235,12 @@ impl Upcaster for FileUpcaster {
         self.emits.iter().map(|(kind, _)| kind.clone()).collect()
     }
 
+    fn reads_metadata(&self) -> bool {
+        let reads =
+            |ops: &[CompiledOp]| ops.iter().any(|op| matches!(op.op(), Op::FromMetadata(_)));
+        reads(&self.ops) || self.emits.iter().any(|(_, ops)| reads(ops))
+    }
+
     fn canonical(&self) -> String {
         self.canonical.clone()
     }

@@ -127,6 +127,12 @@ pub trait Upcaster: Send + Sync {
     fn canonical(&self) -> String;
     /// Upcasts one event.
     fn upcast(&self, event: UpcastEvent) -> Result<Vec<UpcastEvent>, BoxError>;
+    /// False promises that the upcaster neither reads nor changes `metadata`: when no upcaster
+    /// of an event's chain reads it, recast hands them `null` and keeps the metadata as the
+    /// bytes it came in as (parsing and printing it again was a tenth of an upcast).
+    fn reads_metadata(&self) -> bool {
+        true
+    }
 }
 
 /// Namespace of ids that recast derives from other ids.
@@ -153,7 +159,10 @@ pub struct Upcasted {
 pub struct Registry {
     upcasters: Vec<Arc<dyn Upcaster>>,
     outputs: Vec<Vec<EventKind>>,
-    by_type: HashMap<String, Vec<(u32, usize)>>,
+    /// Per upcaster: whether it, or any upcaster its outputs go on to, reads metadata.
+    chain_reads_metadata: Vec<bool>,
+    /// FxHash: looked up once or twice per event read; type names are short.
+    by_type: rustc_hash::FxHashMap<String, Vec<(u32, usize)>>,
     checksum: String,
 }
 
@@ -190,7 +199,7 @@ impl Registry {
             outputs.push(declared);
         }
         find_cycle(&upcasters, &outputs, &by_kind)?;
-        let mut by_type: HashMap<String, Vec<(u32, usize)>> = HashMap::new();
+        let mut by_type: rustc_hash::FxHashMap<String, Vec<(u32, usize)>> = Default::default();
         for (kind, index) in &by_kind {
             by_type
                 .entry(kind.event_type.clone())
@@ -198,9 +207,13 @@ impl Registry {
                 .push((kind.version, *index));
         }
         let checksum = set_checksum(&upcasters);
+        let chain_reads_metadata = (0..upcasters.len())
+            .map(|start| chain_reads_metadata(start, &upcasters, &outputs, &by_kind))
+            .collect();
         Ok(Registry {
             upcasters,
             outputs,
+            chain_reads_metadata,
             by_type,
             checksum,
         })
@@ -240,12 +253,12 @@ impl Registry {
 
     /// Applies the chain to one event.
     pub fn upcast(&self, mut event: Event) -> Result<Upcasted, UpcastError> {
-        if self.find(&event.event_type, event.version).is_none() {
+        let Some(first) = self.find(&event.event_type, event.version) else {
             return Ok(Upcasted {
                 events: vec![event],
                 applied: Vec::new(),
             });
-        }
+        };
         let position = event.position.unwrap_or_default();
         let payload_error = |event: &Event, source| UpcastError::Payload {
             event_id: event.id,
@@ -254,7 +267,13 @@ impl Registry {
             source,
         };
         let data = take_value(&mut event.data).map_err(|e| payload_error(&event, e))?;
-        let metadata = take_value(&mut event.metadata).map_err(|e| payload_error(&event, e))?;
+        // `Some(raw)`: no upcaster of the chain reads the metadata; outputs get it back as is.
+        let (metadata, kept_metadata) = if self.chain_reads_metadata[first] {
+            let value = take_value(&mut event.metadata).map_err(|e| payload_error(&event, e))?;
+            (value, None)
+        } else {
+            (Value::Null, Some(&event.metadata))
+        };
         let start = UpcastEvent {
             event_type: event.event_type.clone(),
             version: event.version,
@@ -280,7 +299,10 @@ impl Registry {
                 event_type: output.event_type,
                 version: output.version,
                 data: Payload::Parsed(output.data),
-                metadata: Payload::Parsed(output.metadata),
+                metadata: match kept_metadata {
+                    Some(raw) => raw.clone(),
+                    None => Payload::Parsed(output.metadata),
+                },
                 recorded_at: event.recorded_at.clone(),
             })
             .collect();
@@ -340,6 +362,22 @@ pub fn definition_files(dir: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
     }
     files.sort();
     Ok(files)
+}
+
+/// Whether the upcaster at `start`, or any upcaster reachable through its outputs, reads
+/// metadata. The registry has no cycles, so the walk ends.
+fn chain_reads_metadata(
+    start: usize,
+    upcasters: &[Arc<dyn Upcaster>],
+    outputs: &[Vec<EventKind>],
+    by_kind: &HashMap<EventKind, usize>,
+) -> bool {
+    upcasters[start].reads_metadata()
+        || outputs[start].iter().any(|kind| {
+            by_kind
+                .get(kind)
+                .is_some_and(|&next| chain_reads_metadata(next, upcasters, outputs, by_kind))
+        })
 }
 
 fn take_value(payload: &mut Payload) -> Result<Value, serde_json::Error> {
@@ -451,6 +489,30 @@ mod tests {
         assert_eq!(e.data.to_value().unwrap(), json!({"v2": true, "by": "u9"}));
         assert_eq!(e.id, event("U", 1, "{}").id);
         assert_eq!(e.recorded_at.as_deref(), Some("2024-01-01T00:00:00Z"));
+    }
+
+    #[test]
+    fn metadata_stays_raw_unless_a_step_of_the_chain_reads_it() {
+        let set = "type = \"U\"\nfrom = 1\n[[ops]]\nset = { path = \"/v2\", value = true }";
+        let reads =
+            "type = \"U\"\nfrom = 2\n[[ops]]\nfrom_metadata = { from = \"/user\", into = \"/by\" }";
+        let untouched = Registry::new(vec![file("a.toml", set)]).unwrap();
+        let out = untouched.upcast(event("U", 1, "{}")).unwrap();
+        assert!(out.events[0].metadata.is_raw());
+        assert_eq!(
+            out.events[0].metadata.to_value().unwrap(),
+            json!({"user": "u9"})
+        );
+        let chain = Registry::new(vec![file("a.toml", set), file("b.toml", reads)]).unwrap();
+        let out = chain.upcast(event("U", 1, "{}")).unwrap();
+        assert_eq!(
+            out.events[0].data.to_value().unwrap(),
+            json!({"v2": true, "by": "u9"})
+        );
+        assert_eq!(
+            out.events[0].metadata.to_value().unwrap(),
+            json!({"user": "u9"})
+        );
     }
 
     #[test]
