@@ -275,7 +275,8 @@ struct Run<'a, 'w> {
     writer: Writer<'w>,
     dead_letters: Option<DeadLetterFile>,
     /// Each target stream written by this run: its slot in `revisions`.
-    heads: FxHashMap<String, usize>,
+    /// (Names up to 24 bytes live inside the entry; see `store::heads`.)
+    heads: FxHashMap<compact_str::CompactString, usize>,
     /// Per slot: the last revision written (`None` before the first write), and the batch
     /// that last checked the stream.
     revisions: Vec<(Option<u64>, u64)>,
@@ -465,10 +466,11 @@ impl Run<'_, '_> {
                 last.events.push(event);
                 continue;
             }
-            let slot = match self.heads.get(&stream) {
+            let slot = match self.heads.get(stream.as_str()) {
                 Some(&slot) => slot,
                 None => {
-                    self.heads.insert(stream.clone(), self.revisions.len());
+                    self.heads
+                        .insert(stream.as_str().into(), self.revisions.len());
                     self.revisions.push((None, 0));
                     self.revisions.len() - 1
                 }
