@@ -54,7 +54,7 @@ pub mod report;
 pub mod template;
 mod verify;
 
-pub use report::{MigrationCounts, MigrationReport};
+pub use report::{KindTally, MigrationCounts, MigrationReport};
 pub use template::StreamTemplate;
 pub use verify::{verify, VerifyReport};
 
@@ -64,6 +64,7 @@ use crate::store::{
     AppendRequest, EventSink, EventSource, ExpectedRevision, NewEvent, SinkMark, StoreError,
 };
 use crate::upcast::{derived_event_id, Registry, UpcastError};
+use compact_str::CompactString;
 use dead_letter::{DeadLetterError, DeadLetterFile};
 use futures::TryStreamExt;
 use rustc_hash::FxHashMap;
@@ -245,7 +246,7 @@ impl Migration<'_> {
             revisions: Vec::new(),
             batch_number: 0,
             resumed,
-            key: String::new(),
+            kinds: KindTally::default(),
         };
         let failure = if state.completed {
             None
@@ -283,8 +284,8 @@ struct Run<'a, 'w> {
     /// Numbers the batches, for `revisions`.
     batch_number: u64,
     resumed: bool,
-    /// Reused buffer for `Type vN` count keys.
-    key: String,
+    /// Kind counts since the last save.
+    kinds: KindTally,
 }
 
 impl Run<'_, '_> {
@@ -350,6 +351,8 @@ impl Run<'_, '_> {
     }
 
     async fn save(&mut self, state: &mut MigrationCheckpoint) -> Result<(), MigrateError> {
+        // Dry runs save nothing, but their reports still need the counts.
+        self.kinds.merge_into(&mut state.counts);
         if self.writer.dry_run {
             return Ok(());
         }
@@ -373,7 +376,10 @@ impl Run<'_, '_> {
         let migration = self.migration;
         let registry = migration.registry;
         let touched = registry.find(&event.event_type, event.version).is_some();
-        let (source_type, source_version) = (event.event_type.clone(), event.version);
+        let source_kind = (
+            CompactString::from(event.event_type.as_str()),
+            event.version,
+        );
         let source_id = event.id;
         let kept =
             (touched && migration.on_error == ErrorPolicy::DeadLetter).then(|| event.clone());
@@ -386,12 +392,7 @@ impl Run<'_, '_> {
                     outputs.push((stream, output));
                 }
                 counts.source_events += 1;
-                report::bump_kind(
-                    &mut counts.source_kinds,
-                    &mut self.key,
-                    &source_type,
-                    source_version,
-                );
+                self.kinds.source(&source_kind.0, source_kind.1);
                 for index in upcasted.applied {
                     report::bump(&mut counts.upcasters, registry.upcasters()[index].origin());
                 }
@@ -403,12 +404,7 @@ impl Run<'_, '_> {
                 }
                 for (index, (stream, output)) in outputs.into_iter().enumerate() {
                     counts.target_events += 1;
-                    report::bump_kind(
-                        &mut counts.target_kinds,
-                        &mut self.key,
-                        &output.event_type,
-                        output.version,
-                    );
+                    self.kinds.target(&output.event_type, output.version);
                     pending.push((
                         stream,
                         NewEvent {
@@ -427,12 +423,7 @@ impl Run<'_, '_> {
             Err(err) => {
                 let message = crate::error::chain(&err);
                 counts.source_events += 1;
-                report::bump_kind(
-                    &mut counts.source_kinds,
-                    &mut self.key,
-                    &source_type,
-                    source_version,
-                );
+                self.kinds.source(&source_kind.0, source_kind.1);
                 if let (Some(file), Some(event)) = (&mut self.dead_letters, &kept) {
                     let upcaster = match &err {
                         UpcastError::Failed { upcaster, .. }

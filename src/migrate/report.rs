@@ -5,6 +5,8 @@
 //! checks that these add up to the events read. Counts are kept in the checkpoint, so a resumed
 //! job reports the whole job, not only its last run.
 
+use compact_str::CompactString;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -35,25 +37,45 @@ pub struct MigrationCounts {
     pub upcasters: BTreeMap<String, u64>,
 }
 
-/// Adds one to `map["Type vN"]`, allocating the key only the first time it is seen.
-pub fn bump_kind(
-    map: &mut BTreeMap<String, u64>,
-    key: &mut String,
-    event_type: &str,
-    version: u32,
-) {
-    use std::fmt::Write;
-    key.clear();
-    let _ = write!(key, "{event_type} v{version}");
-    bump(map, key);
-}
-
 /// Adds one to `map[key]`, allocating the key only the first time it is seen.
 pub fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
     match map.get_mut(key) {
         Some(count) => *count += 1,
         None => {
             map.insert(key.to_string(), 1);
+        }
+    }
+}
+
+/// Per-(type, version) counts not yet merged into a [`MigrationCounts`]: counting into the
+/// report's `"Type vN"` maps formatted a key per event, which cost 6% of a pass-through
+/// migration (perf); these are merged once per batch.
+#[derive(Debug, Default)]
+pub struct KindTally {
+    source: FxHashMap<(CompactString, u32), u64>,
+    target: FxHashMap<(CompactString, u32), u64>,
+}
+
+impl KindTally {
+    /// Counts one source event of this kind.
+    pub fn source(&mut self, event_type: &str, version: u32) {
+        *self.source.entry((event_type.into(), version)).or_default() += 1;
+    }
+
+    /// Counts one target event of this kind.
+    pub fn target(&mut self, event_type: &str, version: u32) {
+        *self.target.entry((event_type.into(), version)).or_default() += 1;
+    }
+
+    /// Adds the tally to `counts` and starts again from zero.
+    pub fn merge_into(&mut self, counts: &mut MigrationCounts) {
+        for (tally, map) in [
+            (&mut self.source, &mut counts.source_kinds),
+            (&mut self.target, &mut counts.target_kinds),
+        ] {
+            for ((event_type, version), n) in tally.drain() {
+                *map.entry(format!("{event_type} v{version}")).or_default() += n;
+            }
         }
     }
 }
