@@ -577,10 +577,18 @@ impl Rebuilder<'_> {
             .drain(..)
             .map(|(member, position, letter)| (lane.members[member].part.clone(), position, letter))
             .collect();
+        let fresh = lane
+            .members
+            .iter()
+            .zip(unwritten)
+            .filter(|(_, unwritten)| unwritten.load(Ordering::Relaxed))
+            .map(|(m, _)| m.part.clone())
+            .collect();
         store.commit(Window {
             rows,
             checkpoints,
             dead_letters,
+            fresh,
             lease: lane.lease.clone(),
         })?;
         for flag in unwritten {

@@ -10,6 +10,7 @@
 //! of each part (projection, generation, partition) that covers exactly those rows. The sled
 //! store applies a window as one atomic batch.
 
+mod copy_rows;
 pub mod postgres;
 pub mod sled;
 
@@ -187,6 +188,9 @@ pub struct Window {
     pub checkpoints: Vec<(PartId, PartCheckpoint)>,
     /// Dead letters recorded in this window, with the log position of their event.
     pub dead_letters: Vec<(PartId, u64, DeadLetter)>,
+    /// Parts that had no rows in the store before this window: their rows cannot collide
+    /// with stored ones (a store may insert them without looking).
+    pub fresh: Vec<PartId>,
     /// For a worker: the claim this window is written under. The store renews it in the same
     /// transaction and refuses the window if another worker has taken the partition over.
     pub lease: Option<Lease>,

@@ -20,8 +20,10 @@
 //! [`crate::project::file::valid_name`] and are quoted. The password never appears in
 //! messages: [`ReadModelStore::describe`] leaves it out, and `PGPASSWORD` can supply it.
 
+use super::copy_rows::{copy_escape, direct_line};
 use super::{
-    DeadLetter, PartCheckpoint, PartId, ProjectionMeta, ReadModelError, ReadModelStore, Window,
+    DeadLetter, PartCheckpoint, PartId, ProjectionMeta, ReadModelError, ReadModelStore, RowWrite,
+    Window,
 };
 use crate::project::file::valid_name;
 use crate::project::{ColumnType, ProjectionKind};
@@ -186,19 +188,6 @@ fn column_sql(kind: ColumnType) -> &'static str {
         ColumnType::Boolean => "boolean",
         ColumnType::Timestamptz => "timestamptz",
         ColumnType::Jsonb => "jsonb",
-    }
-}
-
-/// COPY text format: backslash, tab, newline and carriage return are escaped.
-fn copy_escape(text: &str, out: &mut String) {
-    for c in text.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
-        }
     }
 }
 
@@ -569,7 +558,6 @@ impl ReadModelStore for PostgresReadModels {
 
     fn commit(&self, window: Window) -> Result<(), ReadModelError> {
         let schema = self.schema();
-        let mut copy = String::new();
         let mut deletes: HashMap<(String, u32), Vec<String>> = HashMap::new();
         let mut groups: Vec<(String, u32)> = Vec::new();
         for row in &window.rows {
@@ -578,17 +566,30 @@ impl ReadModelStore for PostgresReadModels {
             if !groups.contains(&group) {
                 groups.push(group.clone());
             }
-            match &row.value {
-                Some(value) => {
-                    copy_escape(&row.projection, &mut copy);
-                    copy.push_str(&format!("\t{}\t", row.generation));
-                    copy_escape(&row.key, &mut copy);
-                    copy.push('\t');
-                    copy_escape(&value.to_string(), &mut copy);
-                    copy.push('\n');
-                }
-                None => deletes.entry(group).or_default().push(row.key.clone()),
+            if row.value.is_none() {
+                deletes.entry(group).or_default().push(row.key.clone());
             }
+        }
+        // Fresh groups: (group, shape, COPY straight into the generation's table).
+        let mut direct = Vec::new();
+        for (name, generation) in &groups {
+            if !window
+                .fresh
+                .iter()
+                .any(|p| p.projection == *name && p.generation == *generation)
+            {
+                continue;
+            }
+            let (kind, columns) = self.table_shape(name, *generation)?;
+            let names: String = columns
+                .iter()
+                .map(|(c, _)| format!(", {}", quote(c)))
+                .collect();
+            let sql = format!(
+                "COPY {} (key, doc{names}) FROM STDIN",
+                self.table(name, *generation)
+            );
+            direct.push(((name.clone(), *generation), (kind, columns), sql));
         }
         let mut statements = Vec::new();
         for (name, generation) in &groups {
@@ -630,6 +631,35 @@ impl ReadModelStore for PostgresReadModels {
                 )?;
                 if renewed == 0 {
                     return Err(Failure::LeaseLost(lease.clone()));
+                }
+            }
+            // Rows are formatted while they stream, so the server parses one row while the
+            // next is printed (formatting first, then sending, left the two cores taking turns).
+            let mut staged: Vec<&RowWrite> = Vec::new();
+            let mut line = String::new();
+            for ((name, generation), (kind, columns), sql) in &direct {
+                let mut writer = tx.copy_in(sql.as_str())?;
+                for row in window.rows.iter().filter(|r| r.projection == *name && r.generation == *generation) {
+                    let Some(value) = &row.value else { continue };
+                    line.clear();
+                    if direct_line(&row.key, value, *kind, columns, &mut line) {
+                        writer.write_all(line.as_bytes()).map_err(Failure::Copy)?;
+                    } else {
+                        staged.push(row);
+                    }
+                }
+                writer.finish()?;
+            }
+            let mut copy = String::new();
+            let is_direct = |row: &RowWrite| direct.iter().any(|((n, g), _, _)| *n == row.projection && *g == row.generation);
+            for row in window.rows.iter().filter(|r| r.value.is_some() && !is_direct(r)).chain(staged) {
+                if let Some(value) = &row.value {
+                    copy_escape(&row.projection, &mut copy);
+                    copy.push_str(&format!("\t{}\t", row.generation));
+                    copy_escape(&row.key, &mut copy);
+                    copy.push('\t');
+                    copy_escape(&value.to_string(), &mut copy);
+                    copy.push('\n');
                 }
             }
             tx.batch_execute("CREATE TEMP TABLE IF NOT EXISTS recast_stage (name text, generation int, key text, doc jsonb) ON COMMIT DELETE ROWS")?;

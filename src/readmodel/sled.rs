@@ -298,6 +298,7 @@ mod tests {
                 }],
                 checkpoints: vec![(part, checkpoint)],
                 dead_letters: vec![],
+                fresh: vec![],
                 lease: None,
             })
             .unwrap();
