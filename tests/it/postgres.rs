@@ -57,7 +57,9 @@ fn sql(query: &str) -> Vec<postgres::Row> {
 /// Every typed column of the demo projections holds what SQL derives from the row's document,
 /// whether its window was copied straight into the table or went through the staged upsert.
 fn assert_typed_columns_match_documents(schema: &str) {
-    let views: [(&str, &str, &[(&str, &str)]); 3] = [
+    /// (view, where its typed columns come from, [(column, SQL type)])
+    type TypedView<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+    let views: [TypedView; 3] = [
         (
             "order_summary",
             "doc->'state'",
