@@ -65,44 +65,24 @@ pub fn jobs(folder: &Path, events: u64, streams: u64) -> Vec<(&'static str, u64)
             ],
         ),
     )];
-    let target = format!("jsonl:{}", folder.join("rss-out.jsonl").display());
-    let state = folder.join("rss-state").display().to_string();
-    out.push((
-        "migrate JSONL -> JSONL",
-        peak_rss(
-            folder,
-            &[
-                "migrate",
-                "--from",
-                &format!("jsonl:{log_text}"),
-                "--to",
-                &target,
-                "--upcasters",
-                &upcasters,
-                "--state",
-                &state,
-            ],
-        ),
-    ));
-    let store = format!("sled:{}", folder.join("rss-store").display());
-    let state = folder.join("rss-state-sled").display().to_string();
-    out.push((
-        "migrate JSONL -> sled",
-        peak_rss(
-            folder,
-            &[
-                "migrate",
-                "--from",
-                &format!("jsonl:{log_text}"),
-                "--to",
-                &store,
-                "--upcasters",
-                &upcasters,
-                "--state",
-                &state,
-            ],
-        ),
-    ));
+    let source = format!("jsonl:{log_text}");
+    let migrate = |target: &str, state: &str| {
+        let state = folder.join(state).display().to_string();
+        let args = [
+            "migrate",
+            "--from",
+            &source,
+            "--to",
+            target,
+            "--upcasters",
+            &upcasters,
+        ];
+        peak_rss(folder, &[&args[..], &["--state", &state]].concat())
+    };
+    let jsonl = format!("jsonl:{}", folder.join("rss-out.jsonl").display());
+    out.push(("migrate JSONL -> JSONL", migrate(&jsonl, "rss-state")));
+    let sled = format!("sled:{}", folder.join("rss-store").display());
+    out.push(("migrate JSONL -> sled", migrate(&sled, "rss-state-sled")));
     let readmodels = format!("sled:{}", folder.join("rss-readmodels").display());
     out.push((
         "rebuild -> sled, 4 MiB bound",
@@ -111,7 +91,7 @@ pub fn jobs(folder: &Path, events: u64, streams: u64) -> Vec<(&'static str, u64)
             &[
                 "rebuild",
                 "--from",
-                &format!("jsonl:{log_text}"),
+                &source,
                 "--upcasters",
                 &upcasters,
                 "--projections",

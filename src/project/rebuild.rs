@@ -403,6 +403,9 @@ impl Rebuilder<'_> {
             lane.of == 1 || stream_partition(&event.stream, lane.of) == lane.partition
         };
         let started = Instant::now();
+        let write_window = |fold: &mut Fold, applied: u64| {
+            self.write(store, &lane, fold, (started, applied), &unwritten)
+        };
         let mut applied = 0u64;
         let mut reported = 0u64;
         let mut caught_up = false;
@@ -417,7 +420,7 @@ impl Rebuilder<'_> {
             let mut seen = 0u64;
             while let Some(event) = events.try_next().await? {
                 if let Err(err) = self.fold_event(event, &mut fold, &load, &only) {
-                    self.write(store, &lane, &mut fold, (started, applied), &unwritten)?;
+                    write_window(&mut fold, applied)?;
                     return Err(err);
                 }
                 applied += 1;
@@ -426,12 +429,12 @@ impl Rebuilder<'_> {
                     reported = applied;
                     progress(read.fetch_add(1024, Ordering::Relaxed) + 1024);
                     if stop.load(Ordering::SeqCst) {
-                        self.write(store, &lane, &mut fold, (started, applied), &unwritten)?;
+                        write_window(&mut fold, applied)?;
                         return Ok(false);
                     }
                 }
                 if fold.dirty_bytes() > window_bytes {
-                    self.write(store, &lane, &mut fold, (started, applied), &unwritten)?;
+                    write_window(&mut fold, applied)?;
                 }
             }
             drop(events);
@@ -442,10 +445,10 @@ impl Rebuilder<'_> {
                 for member in &mut fold.members {
                     member.checkpoint.caught_up = true;
                 }
-                self.write(store, &lane, &mut fold, (started, applied), &unwritten)?;
+                write_window(&mut fold, applied)?;
                 on_caught_up()?;
             } else if seen > 0 {
-                self.write(store, &lane, &mut fold, (started, applied), &unwritten)?;
+                write_window(&mut fold, applied)?;
             }
             if !self.options.follow {
                 return Ok(true);
@@ -461,41 +464,27 @@ impl Rebuilder<'_> {
                 // whenever it fills or the subscription has been quiet for a poll interval.
                 loop {
                     if stop.load(Ordering::SeqCst) {
-                        self.write(store, &lane, &mut fold, (started, applied), &unwritten)?;
+                        write_window(&mut fold, applied)?;
                         return Ok(false);
                     }
                     match tokio::time::timeout(self.options.poll_interval, live.try_next()).await {
                         Ok(Ok(Some(event))) => {
                             if let Err(err) = self.fold_event(event, &mut fold, &load, &only) {
-                                self.write(
-                                    store,
-                                    &lane,
-                                    &mut fold,
-                                    (started, applied),
-                                    &unwritten,
-                                )?;
+                                write_window(&mut fold, applied)?;
                                 return Err(err);
                             }
                             applied += 1;
                             read.fetch_add(1, Ordering::Relaxed);
                             if fold.dirty_bytes() > window_bytes {
-                                self.write(
-                                    store,
-                                    &lane,
-                                    &mut fold,
-                                    (started, applied),
-                                    &unwritten,
-                                )?;
+                                write_window(&mut fold, applied)?;
                             }
                         }
                         Ok(Ok(None)) => return Ok(true),
                         Ok(Err(err)) => {
-                            self.write(store, &lane, &mut fold, (started, applied), &unwritten)?;
+                            write_window(&mut fold, applied)?;
                             return Err(err.into());
                         }
-                        Err(_quiet) if fold.dirty_bytes() > 0 => {
-                            self.write(store, &lane, &mut fold, (started, applied), &unwritten)?
-                        }
+                        Err(_quiet) if fold.dirty_bytes() > 0 => write_window(&mut fold, applied)?,
                         Err(_quiet) => {}
                     }
                 }
@@ -503,7 +492,7 @@ impl Rebuilder<'_> {
             let wait_until = Instant::now() + self.options.poll_interval;
             while Instant::now() < wait_until {
                 if stop.load(Ordering::SeqCst) {
-                    self.write(store, &lane, &mut fold, (started, applied), &unwritten)?;
+                    write_window(&mut fold, applied)?;
                     return Ok(false);
                 }
                 std::thread::sleep(Duration::from_millis(20));
