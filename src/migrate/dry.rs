@@ -69,6 +69,11 @@ impl EventSink for DrySink {
         .boxed()
     }
 
+    /// It starts empty and only this job writes it.
+    fn sole_writer(&self) -> bool {
+        true
+    }
+
     fn commit(&mut self) -> BoxFuture<'_, Result<SinkMark, StoreError>> {
         async move { Ok(SinkMark::Null) }.boxed()
     }

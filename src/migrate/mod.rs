@@ -15,7 +15,9 @@
 //! Target streams: the first write of a fresh job to a stream expects the stream not to exist,
 //! so a target stream that already holds other events stops the job. A resumed job cannot tell
 //! its own earlier writes from others and expects any revision at its first write to a stream.
-//! One revision counter per target stream is kept in memory while a job runs.
+//! One revision counter per target stream is kept in memory while a job runs, except for sinks
+//! that are the sole writer of their target ([`EventSink::sole_writer`]: JSONL files, dry runs),
+//! where every expectation holds by construction and the sink's own counters suffice.
 //!
 //! An upcaster error on an event follows [`ErrorPolicy`]: `stop` writes and checkpoints
 //! everything before the event and fails; `skip` counts and reports it; `dead-letter` also
@@ -452,9 +454,18 @@ impl Run<'_, '_> {
         self.batch_number += 1;
         let mut requests: Vec<AppendRequest> = Vec::new();
         let mut slots: Vec<usize> = Vec::new();
+        let sole_writer = self.writer.sink.sole_writer();
         for (stream, event) in pending {
             if let Some(last) = requests.last_mut().filter(|r| r.stream == stream) {
                 last.events.push(event);
+                continue;
+            }
+            if sole_writer {
+                requests.push(AppendRequest {
+                    stream,
+                    expected: ExpectedRevision::Any,
+                    events: vec![event],
+                });
                 continue;
             }
             let slot = match self.heads.get(stream.as_str()) {

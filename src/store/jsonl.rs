@@ -442,6 +442,11 @@ impl EventSink for JsonlSink {
         async move { batch.into_iter().map(|r| self.append_one(r)).collect() }.boxed()
     }
 
+    /// A fresh job refuses a non-empty file and a resumed one cuts it back to its mark.
+    fn sole_writer(&self) -> bool {
+        true
+    }
+
     fn commit(&mut self) -> BoxFuture<'_, Result<SinkMark, StoreError>> {
         async move {
             self.file.flush().map_err(io_error(&self.path))?;

@@ -283,6 +283,13 @@ pub trait EventSink: Send {
     ) -> BoxFuture<'_, Result<Vec<AppendOutcome>, StoreError>>;
     /// Makes all appended events durable and returns the mark a checkpoint stores.
     fn commit(&mut self) -> BoxFuture<'_, Result<SinkMark, StoreError>>;
+    /// True when nothing but this sink writes its target while a job runs and it starts a job
+    /// only on an empty target (or back at its own mark): expected revisions then always hold,
+    /// so a migration sends `Any` and keeps no stream heads of its own (a second lookup per
+    /// event into a map of every target stream).
+    fn sole_writer(&self) -> bool {
+        false
+    }
     /// Prepares the sink for a job: `Some(mark)` when resuming from a checkpoint, `None` when
     /// starting, in which case a sink that already holds events refuses.
     fn restore<'a>(
