@@ -43,7 +43,9 @@ fn kill_and_resume(target: &str) {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(250 + 150 * attempt));
+        // Early and spread out: a JSONL migration of the whole log takes about a second now,
+        // so later kills would find it finished.
+        std::thread::sleep(Duration::from_millis(60 + 90 * attempt));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL on unix
             kills_that_landed += 1;
