@@ -394,7 +394,7 @@ impl Run<'_, '_> {
                     outputs.push((stream, output));
                 }
                 counts.source_events += 1;
-                self.kinds.source(&source_kind.0, source_kind.1);
+                self.kinds.source(source_kind);
                 for index in upcasted.applied {
                     report::bump(&mut counts.upcasters, registry.upcasters()[index].origin());
                 }
@@ -425,7 +425,7 @@ impl Run<'_, '_> {
             Err(err) => {
                 let message = crate::error::chain(&err);
                 counts.source_events += 1;
-                self.kinds.source(&source_kind.0, source_kind.1);
+                self.kinds.source(source_kind);
                 if let (Some(file), Some(event)) = (&mut self.dead_letters, &kept) {
                     let upcaster = match &err {
                         UpcastError::Failed { upcaster, .. }

@@ -57,9 +57,9 @@ pub struct KindTally {
 }
 
 impl KindTally {
-    /// Counts one source event of this kind.
-    pub fn source(&mut self, event_type: &str, version: u32) {
-        *self.source.entry((event_type.into(), version)).or_default() += 1;
+    /// Counts one source event of this kind, taken before the event is upcast.
+    pub fn source(&mut self, kind: (CompactString, u32)) {
+        *self.source.entry(kind).or_default() += 1;
     }
 
     /// Counts one target event of this kind.

@@ -201,6 +201,16 @@ impl Fold {
         Ok(())
     }
 
+    /// The log position every member has applied through (`None` while one has applied
+    /// nothing): where reading resumes.
+    pub fn applied_through(&self) -> Option<u64> {
+        self.members
+            .iter()
+            .map(|m| m.checkpoint.position)
+            .min()
+            .flatten()
+    }
+
     /// Marks every member as having seen the event at `position` (after all its outputs).
     pub fn advance(&mut self, position: Option<u64>) {
         for member in &mut self.members {

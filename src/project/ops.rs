@@ -218,8 +218,7 @@ impl CompiledProjectionOp {
                     .jq
                     .as_ref()
                     .expect("jq ops are compiled with their filter");
-                use crate::upcast::jq::{object, to_val};
-                let text = |s: &str| to_val(&Value::String(s.to_string()));
+                use crate::upcast::jq::{object, text, to_val};
                 let number = |n: Option<u64>| n.map_or(Val::Null, |n| to_val(&Value::from(n)));
                 let event_val = object([
                     ("stream", text(&event.stream)),

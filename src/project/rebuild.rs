@@ -410,12 +410,7 @@ impl Rebuilder<'_> {
         let mut reported = 0u64;
         let mut caught_up = false;
         loop {
-            let after = fold
-                .members
-                .iter()
-                .map(|m| m.checkpoint.position)
-                .min()
-                .flatten();
+            let after = fold.applied_through();
             let mut events = self.source.read_all(after);
             let mut seen = 0u64;
             while let Some(event) = events.try_next().await? {
@@ -453,12 +448,7 @@ impl Rebuilder<'_> {
             if !self.options.follow {
                 return Ok(true);
             }
-            let after = fold
-                .members
-                .iter()
-                .map(|m| m.checkpoint.position)
-                .min()
-                .flatten();
+            let after = fold.applied_through();
             if let Some(mut live) = self.source.subscribe(after) {
                 // A store that pushes events: take them as they come, and write a window
                 // whenever it fills or the subscription has been quiet for a poll interval.

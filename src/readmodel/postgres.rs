@@ -570,35 +570,30 @@ impl ReadModelStore for PostgresReadModels {
                 deletes.entry(group).or_default().push(row.key.clone());
             }
         }
-        // Fresh groups: (group, shape, COPY straight into the generation's table).
+        // Per group, the staged upsert; per fresh group also (group, shape, COPY straight into
+        // the generation's table).
+        let mut statements = Vec::new();
         let mut direct = Vec::new();
         for (name, generation) in &groups {
-            if !window
-                .fresh
-                .iter()
-                .any(|p| p.projection == *name && p.generation == *generation)
-            {
-                continue;
-            }
             let (kind, columns) = self.table_shape(name, *generation)?;
-            let names: String = columns
-                .iter()
-                .map(|(c, _)| format!(", {}", quote(c)))
-                .collect();
-            let sql = format!(
-                "COPY {} (key, doc{names}) FROM STDIN",
-                self.table(name, *generation)
-            );
-            direct.push(((name.clone(), *generation), (kind, columns), sql));
-        }
-        let mut statements = Vec::new();
-        for (name, generation) in &groups {
-            let (kind, columns) = self.table_shape(name, *generation)?;
+            let table = self.table(name, *generation);
             statements.push((
                 name.clone(),
                 *generation,
-                upsert_sql(&self.table(name, *generation), kind, &columns),
+                upsert_sql(&table, kind, &columns),
             ));
+            let fresh = window
+                .fresh
+                .iter()
+                .any(|p| p.projection == *name && p.generation == *generation);
+            if fresh {
+                let names: String = columns
+                    .iter()
+                    .map(|(c, _)| format!(", {}", quote(c)))
+                    .collect();
+                let sql = format!("COPY {table} (key, doc{names}) FROM STDIN");
+                direct.push(((name.clone(), *generation), (kind, columns), sql));
+            }
         }
         let checkpoints: Vec<(PartId, Value)> = window
             .checkpoints

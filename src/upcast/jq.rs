@@ -118,24 +118,20 @@ pub fn to_val(value: &Value) -> Val {
             (None, Some(u)) => Val::Num(Num::from_integral(u)),
             _ => Val::Num(Num::Float(n.as_f64().unwrap_or(f64::NAN))),
         },
-        Value::String(s) => Val::utf8_str(s.clone().into_bytes()),
+        Value::String(s) => text(s),
         Value::Array(items) => items.iter().map(to_val).collect(),
-        Value::Object(map) => Val::obj(
-            map.iter()
-                .map(|(k, v)| (Val::utf8_str(k.clone().into_bytes()), to_val(v)))
-                .collect(),
-        ),
+        Value::Object(map) => Val::obj(map.iter().map(|(k, v)| (text(k), to_val(v))).collect()),
     }
+}
+
+/// A JSON string in jaq's form.
+pub fn text(s: &str) -> Val {
+    Val::utf8_str(s.to_string().into_bytes())
 }
 
 /// A jaq object from string keys and values.
 pub fn object<'a>(entries: impl IntoIterator<Item = (&'a str, Val)>) -> Val {
-    Val::obj(
-        entries
-            .into_iter()
-            .map(|(k, v)| (Val::utf8_str(k.to_string().into_bytes()), v))
-            .collect(),
-    )
+    Val::obj(entries.into_iter().map(|(k, v)| (text(k), v)).collect())
 }
 
 /// A jaq value as JSON; `None` for what JSON cannot hold (byte strings, non-string keys,
