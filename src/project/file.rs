@@ -18,7 +18,10 @@
 //! handler is not seen by the projection. A handler may override the table `key`. The
 //! checksum is over the parsed file as sorted JSON, so comments and layout do not change it.
 
-use super::ops::{CompiledProjectionOp, Outcome, ProjectOpError, ProjectionOp, ValueSource};
+use super::ops::{
+    CompiledProjectionOp, CompiledSource, Outcome, ProjectOpError, ProjectionOp, ValueSource,
+};
+use super::undo::UndoLog;
 use super::{ColumnType, Projection, ProjectionKind};
 use crate::event::{canonical_json, Event};
 use serde::{Deserialize, Serialize};
@@ -96,7 +99,7 @@ pub struct ProjectionSpec {
 }
 
 struct Handler {
-    key: Option<ValueSource>,
+    key: Option<CompiledSource>,
     ops: Vec<CompiledProjectionOp>,
 }
 
@@ -125,9 +128,6 @@ pub enum HandlerFailure {
     /// The row key is missing or not a string or number.
     #[error("no row key: {source_name} is missing or not a string or number")]
     Key { source_name: String },
-    /// Reading the key failed.
-    #[error("row key")]
-    KeySource(#[source] ProjectOpError),
 }
 
 /// Checks a projection or column name: it names tables and columns in SQL stores.
@@ -171,14 +171,11 @@ impl FileProjection {
                 "column name {column:?} must be lowercase letters, digits and _"
             )));
         }
-        let key_source = |text: &str| -> Result<ValueSource, ProjectionFileError> {
+        let key_source = |text: &str| -> Result<CompiledSource, ProjectionFileError> {
             let source = ValueSource::From {
                 from: text.to_string(),
             };
-            source
-                .check()
-                .map_err(|e| invalid(format!("key {text:?}: {e}")))?;
-            Ok(source)
+            CompiledSource::compile(&source).map_err(|e| invalid(format!("key {text:?}: {e}")))
         };
         let file_key = spec.key.as_deref().map(key_source).transpose()?;
         let mut handlers: HashMap<String, Vec<Handler>> = HashMap::new();
@@ -256,9 +253,9 @@ impl FileProjection {
     }
 }
 
-fn key_text(value: Option<Value>) -> Option<String> {
-    match value? {
-        Value::String(s) => Some(s),
+fn key_text(value: Option<std::borrow::Cow<'_, Value>>) -> Option<String> {
+    match value?.as_ref() {
+        Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
@@ -306,11 +303,8 @@ impl Projection for FileProjection {
         let mut keys: Vec<String> = Vec::new();
         for handler in self.handlers(event) {
             let source = handler.key.as_ref().expect("table handlers have keys");
-            let value = source
-                .read(event, data)
-                .map_err(HandlerFailure::KeySource)?;
-            let key = key_text(value).ok_or_else(|| HandlerFailure::Key {
-                source_name: source.name(),
+            let key = key_text(source.read(event, data)).ok_or_else(|| HandlerFailure::Key {
+                source_name: source.name().to_string(),
             })?;
             if !keys.contains(&key) {
                 keys.push(key);
@@ -330,6 +324,17 @@ impl Projection for FileProjection {
         event: &Event,
         data: &Value,
     ) -> Result<Outcome, crate::upcast::BoxError> {
+        self.apply_undoable(key, state, event, data, &mut UndoLog::default())
+    }
+
+    fn apply_undoable(
+        &self,
+        key: &str,
+        state: &mut Value,
+        event: &Event,
+        data: &Value,
+        undo: &mut UndoLog,
+    ) -> Result<Outcome, crate::upcast::BoxError> {
         let mut outcome = Outcome::Keep;
         let positions = self
             .spec
@@ -340,20 +345,20 @@ impl Projection for FileProjection {
             .map(|(i, _)| i + 1);
         for (handler, number) in self.handlers(event).iter().zip(positions) {
             if let Some(source) = &handler.key {
-                if key_text(source.read(event, data).ok().flatten()).as_deref() != Some(key) {
+                if key_text(source.read(event, data)).as_deref() != Some(key) {
                     continue;
                 }
             }
             for (i, op) in handler.ops.iter().enumerate() {
-                let result = op
-                    .apply(state, event, data)
-                    .map_err(|source| HandlerFailure::Op {
-                        handler: number,
-                        event_type: event.event_type.clone(),
-                        index: i + 1,
-                        name: op.op().name(),
-                        source,
-                    })?;
+                let result =
+                    op.apply(state, event, data, undo)
+                        .map_err(|source| HandlerFailure::Op {
+                            handler: number,
+                            event_type: event.event_type.clone(),
+                            index: i + 1,
+                            name: op.op().name(),
+                            source,
+                        })?;
                 if result == Outcome::Delete {
                     outcome = Outcome::Delete;
                 }

@@ -11,12 +11,13 @@
 //! caller can write a window when it passes its memory bound.
 
 use super::ops::Outcome;
+use super::undo::UndoLog;
 use super::{Projection, ProjectionKind};
 use crate::migrate::ErrorPolicy;
 use crate::readmodel::{DeadLetter, PartCheckpoint};
 use crate::Event;
+use rustc_hash::FxHashMap;
 use serde_json::Value;
-use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -64,8 +65,22 @@ pub struct Dirty {
     size: usize,
 }
 
-/// Changes of one source event not merged yet: ((member, key), state, revision).
-type Staged = Vec<((usize, String), Option<Value>, u64)>;
+/// One (member, key) change of the source event being applied, and how to take it back.
+struct Change {
+    member: usize,
+    key: String,
+    /// The dirty entry before the change; `None` when the key was not dirty.
+    prior: Option<Prior>,
+    /// Takes the state back to what it was (when it was a value).
+    undo: UndoLog,
+    /// The state, when the change deleted it (the undo log starts from it).
+    deleted: Option<Value>,
+}
+
+struct Prior {
+    revision: u64,
+    had_state: bool,
+}
 
 /// Loads a stored state: (member index, key) -> state, if stored.
 pub type Loader<'a> =
@@ -74,7 +89,8 @@ pub type Loader<'a> =
 /// The in-memory fold of a set of members.
 pub struct Fold {
     pub members: Vec<Member>,
-    pub dirty: HashMap<(usize, String), Dirty>,
+    /// Per member: its dirty states by key.
+    dirty: Vec<FxHashMap<String, Dirty>>,
     pub dead_letters: Vec<(usize, u64, DeadLetter)>,
     dirty_bytes: usize,
     policy: ErrorPolicy,
@@ -99,8 +115,8 @@ impl Fold {
     /// A fold of `members` under an error policy.
     pub fn new(members: Vec<Member>, policy: ErrorPolicy) -> Self {
         Fold {
+            dirty: members.iter().map(|_| FxHashMap::default()).collect(),
             members,
-            dirty: HashMap::new(),
             dead_letters: Vec::new(),
             dirty_bytes: 0,
             policy,
@@ -112,42 +128,59 @@ impl Fold {
         self.dirty_bytes
     }
 
-    /// Takes the dirty states out, leaving the fold empty of them.
-    pub fn take_dirty(&mut self) -> HashMap<(usize, String), Dirty> {
-        self.dirty_bytes = 0;
-        std::mem::take(&mut self.dirty)
+    /// The dirty state of one member's key, if it is dirty.
+    pub fn dirty(&self, member: usize, key: &str) -> Option<&Dirty> {
+        self.dirty.get(member)?.get(key)
     }
 
-    fn current(
-        &self,
-        member: usize,
-        key: &str,
-        load: &Loader<'_>,
-    ) -> Result<Option<Value>, crate::readmodel::ReadModelError> {
-        if let Some(dirty) = self.dirty.get(&(member, key.to_string())) {
-            return Ok(dirty.state.clone());
+    /// Takes the dirty states out as ((member, key), state), leaving the fold empty of them.
+    pub fn take_dirty(&mut self) -> Vec<((usize, String), Dirty)> {
+        self.dirty_bytes = 0;
+        let mut taken = Vec::with_capacity(self.dirty.iter().map(|d| d.len()).sum());
+        for (member, states) in self.dirty.iter_mut().enumerate() {
+            taken.extend(states.drain().map(|(key, dirty)| ((member, key), dirty)));
         }
-        let stored = load(member, key)?;
-        Ok(match self.members[member].projection.kind() {
-            ProjectionKind::Snapshot => {
-                stored.and_then(|mut row| row.get_mut("state").map(Value::take))
-            }
-            ProjectionKind::Table => stored,
-        })
+        taken
     }
 
     /// Applies the outputs of one source event (one event, or the events an upcaster split it
-    /// into) to every member that wants them; `only` filters members (partitions). Nothing of
-    /// the source event is merged unless all of it applied (or, under `skip` and
-    /// `dead-letter`, the failing outputs were set aside).
+    /// into) to every member that wants them; `only` filters members (partitions). The states
+    /// change in place, each change logged; nothing of the source event stays unless all of it
+    /// applied (or, under `skip` and `dead-letter`, the failing outputs were taken back).
     pub fn apply(
         &mut self,
         outputs: &[Event],
         load: &Loader<'_>,
         only: &dyn Fn(usize, &Event) -> bool,
     ) -> Result<(), ApplyError> {
-        let mut overlay: Staged = Vec::new();
+        let mut changes = Vec::new();
         let mut applied = Vec::new();
+        if let Err(error) = self.apply_all(outputs, load, only, &mut changes, &mut applied) {
+            self.roll_back(changes);
+            return Err(error);
+        }
+        for change in &changes {
+            let Some(dirty) = self.dirty[change.member].get_mut(&change.key) else {
+                continue;
+            };
+            let size = 64 + change.key.len() + dirty.state.as_ref().map_or(0, approximate_size);
+            self.dirty_bytes = self.dirty_bytes + size - dirty.size;
+            dirty.size = size;
+        }
+        for member in applied {
+            self.members[member].checkpoint.events += 1;
+        }
+        Ok(())
+    }
+
+    fn apply_all(
+        &mut self,
+        outputs: &[Event],
+        load: &Loader<'_>,
+        only: &dyn Fn(usize, &Event) -> bool,
+        changes: &mut Vec<Change>,
+        applied: &mut Vec<usize>,
+    ) -> Result<(), ApplyError> {
         for event in outputs {
             let position = event.position.unwrap_or_default();
             let mut data: Option<std::borrow::Cow<'_, Value>> = None;
@@ -167,38 +200,107 @@ impl Fold {
                     data = Some(parsed);
                 }
                 let data: &Value = data.as_ref().expect("parsed above");
-                match self.stage(member, event, data, load, &overlay) {
-                    Ok(staged) => {
-                        for (key, state) in staged {
-                            overlay.retain(|(k, _, _)| *k != (member, key.clone()));
-                            overlay.push(((member, key), state, event.revision));
+                let mark = changes.len();
+                match self.change(member, event, data, load, changes) {
+                    Ok(()) => applied.push(member),
+                    Err(source) => {
+                        self.roll_back(changes.drain(mark..).collect());
+                        match source.downcast::<crate::readmodel::ReadModelError>() {
+                            Ok(store) => return Err(ApplyError::Store(*store)),
+                            // Under `stop` this returns, and `apply` takes back the rest.
+                            Err(source) => self.fail(member, event, source)?,
                         }
-                        applied.push(member);
                     }
-                    Err(source) => match source.downcast::<crate::readmodel::ReadModelError>() {
-                        Ok(store) => return Err(ApplyError::Store(*store)),
-                        // Under `stop` this returns before anything of the source event is merged.
-                        Err(source) => self.fail(member, event, source)?,
-                    },
                 }
             }
         }
-        for ((member, key), state, revision) in overlay {
-            let size = 64 + key.len() + state.as_ref().map_or(0, approximate_size);
-            let old = self.dirty.insert(
-                (member, key),
-                Dirty {
-                    state,
-                    revision,
-                    size,
-                },
-            );
-            self.dirty_bytes = self.dirty_bytes + size - old.map_or(0, |d| d.size);
-        }
-        for member in applied {
-            self.members[member].checkpoint.events += 1;
+        Ok(())
+    }
+
+    /// Applies one event to each of one member's keys, in place, logging each change (the
+    /// failing one too, so the caller can take it back).
+    fn change(
+        &mut self,
+        member: usize,
+        event: &Event,
+        data: &Value,
+        load: &Loader<'_>,
+        changes: &mut Vec<Change>,
+    ) -> Result<(), crate::upcast::BoxError> {
+        let projection = self.members[member].projection.clone();
+        for key in projection.keys(event, data)? {
+            let prior = self.dirty[member].get(&key).map(|d| Prior {
+                revision: d.revision,
+                had_state: d.state.is_some(),
+            });
+            if prior.is_none() {
+                let stored = self.stored(member, &key, load)?;
+                let dirty = Dirty {
+                    state: stored,
+                    revision: event.revision,
+                    size: 0,
+                };
+                self.dirty[member].insert(key.clone(), dirty);
+            }
+            let dirty = self.dirty[member]
+                .get_mut(&key)
+                .expect("the key was made dirty above");
+            let mut change = Change {
+                member,
+                key,
+                prior,
+                undo: UndoLog::default(),
+                deleted: None,
+            };
+            let state = dirty.state.get_or_insert_with(|| projection.initial());
+            let outcome =
+                projection.apply_undoable(&change.key, state, event, data, &mut change.undo);
+            dirty.revision = event.revision;
+            if let Ok(Outcome::Delete) = outcome {
+                change.deleted = dirty.state.take();
+            }
+            changes.push(change);
+            outcome?;
         }
         Ok(())
+    }
+
+    /// Takes changes back, last first.
+    fn roll_back(&mut self, changes: Vec<Change>) {
+        for change in changes.into_iter().rev() {
+            let states = &mut self.dirty[change.member];
+            let Some(prior) = change.prior else {
+                states.remove(&change.key);
+                continue;
+            };
+            let Some(dirty) = states.get_mut(&change.key) else {
+                continue;
+            };
+            dirty.revision = prior.revision;
+            dirty.state = match (prior.had_state, dirty.state.take().or(change.deleted)) {
+                (true, Some(mut state)) => {
+                    change.undo.rollback(&mut state);
+                    Some(state)
+                }
+                _ => None,
+            };
+        }
+    }
+
+    /// The stored state of a key that is not dirty.
+    fn stored(
+        &self,
+        member: usize,
+        key: &str,
+        load: &Loader<'_>,
+    ) -> Result<Option<Value>, crate::readmodel::ReadModelError> {
+        let stored = load(member, key)?;
+        Ok(match self.members[member].projection.kind() {
+            ProjectionKind::Snapshot => {
+                stored.and_then(|mut row| row.get_mut("state").map(Value::take))
+            }
+            ProjectionKind::Table => stored,
+        })
     }
 
     /// The log position every member has applied through (`None` while one has applied
@@ -218,38 +320,6 @@ impl Fold {
                 member.checkpoint.position = position;
             }
         }
-    }
-
-    /// One member's change for one event, computed without touching the fold.
-    fn stage(
-        &self,
-        member: usize,
-        event: &Event,
-        data: &Value,
-        load: &Loader<'_>,
-        overlay: &Staged,
-    ) -> Result<Vec<(String, Option<Value>)>, crate::upcast::BoxError> {
-        let projection = &self.members[member].projection;
-        let mut staged: Vec<(String, Option<Value>)> = Vec::new();
-        for key in projection.keys(event, data)? {
-            let earlier = overlay
-                .iter()
-                .find(|((m, k), _, _)| *m == member && *k == key)
-                .map(|(_, s, _)| s.clone());
-            let mut state = match staged.iter().find(|(k, _)| *k == key) {
-                Some((_, state)) => state.clone(),
-                None => match earlier {
-                    Some(state) => state,
-                    None => self.current(member, &key, load)?,
-                },
-            }
-            .unwrap_or_else(|| projection.initial());
-            let outcome = projection.apply(&key, &mut state, event, data)?;
-            let value = (outcome == Outcome::Keep).then_some(state);
-            staged.retain(|(k, _)| *k != key);
-            staged.push((key, value));
-        }
-        Ok(staged)
     }
 
     fn failure(
@@ -330,12 +400,10 @@ mod tests {
         // "other" comes first and would succeed; "counter" fails; neither change may stay.
         let mut fold = Fold::new(vec![member(OTHER), member(COUNTER)], ErrorPolicy::Stop);
         apply(&mut fold, &event(0, "Add", r#"{"by": 2}"#)).unwrap();
-        let before = fold
-            .dirty
-            .clone()
-            .into_iter()
-            .map(|(k, d)| (k, d.state))
-            .collect::<HashMap<_, _>>();
+        let states = |fold: &Fold| {
+            [(0, "s-1"), (1, "s-1")].map(|(m, k)| fold.dirty(m, k).map(|d| d.state.clone()))
+        };
+        let before = states(&fold);
         let err = fold
             .apply(
                 &[event(1, "Add", r#"{"by": "x"}"#)],
@@ -348,13 +416,7 @@ mod tests {
             "{}",
             crate::error::chain(&err)
         );
-        let after = fold
-            .dirty
-            .clone()
-            .into_iter()
-            .map(|(k, d)| (k, d.state))
-            .collect::<HashMap<_, _>>();
-        assert_eq!(before, after);
+        assert_eq!(before, states(&fold));
         assert_eq!(fold.members[1].checkpoint.events, 1);
     }
 
@@ -369,7 +431,7 @@ mod tests {
             .apply(&outputs, &|_, _| Ok(None), &|_, _| true)
             .is_err());
         assert!(
-            fold.dirty.is_empty(),
+            fold.dirty(0, "s-1").is_none() && fold.dirty_bytes() == 0,
             "the first output must not stay behind"
         );
         let outputs = [
@@ -378,10 +440,7 @@ mod tests {
         ];
         fold.apply(&outputs, &|_, _| Ok(None), &|_, _| true)
             .unwrap();
-        assert_eq!(
-            fold.dirty[&(0, "s-1".to_string())].state,
-            Some(json!({"n": 5}))
-        );
+        assert_eq!(fold.dirty(0, "s-1").unwrap().state, Some(json!({"n": 5})));
     }
 
     #[test]
@@ -390,8 +449,7 @@ mod tests {
         apply(&mut fold, &event(0, "Add", r#"{"by": 2}"#)).unwrap();
         apply(&mut fold, &event(1, "Add", r#"{}"#)).unwrap();
         apply(&mut fold, &event(2, "Add", r#"{"by": 3}"#)).unwrap();
-        let key = (0, "s-1".to_string());
-        assert_eq!(fold.dirty[&key].state, Some(json!({"n": 5})));
+        assert_eq!(fold.dirty(0, "s-1").unwrap().state, Some(json!({"n": 5})));
         assert_eq!(
             (
                 fold.members[0].checkpoint.skipped,
@@ -400,7 +458,7 @@ mod tests {
             (1, Some(2))
         );
         apply(&mut fold, &event(3, "Gone", "{}")).unwrap();
-        assert_eq!(fold.dirty[&key].state, None);
+        assert_eq!(fold.dirty(0, "s-1").unwrap().state, None);
         assert!(fold.dirty_bytes() > 0);
         fold.take_dirty();
         assert_eq!(fold.dirty_bytes(), 0);

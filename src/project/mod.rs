@@ -21,6 +21,7 @@ pub mod fold;
 pub mod ops;
 pub mod rebuild;
 pub mod testing;
+pub mod undo;
 pub mod workers;
 
 use crate::event::Event;
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use undo::UndoLog;
 
 /// Errors of loading projections.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +110,20 @@ pub trait Projection: Send + Sync {
         event: &Event,
         data: &Value,
     ) -> Result<Outcome, BoxError>;
+    /// Applies like [`apply`](Self::apply), recording in `undo` how to take the change back
+    /// (the fold rolls a failed event back with it). The default records a copy of the whole
+    /// state; a projection that knows which parts it writes can record less.
+    fn apply_undoable(
+        &self,
+        key: &str,
+        state: &mut Value,
+        event: &Event,
+        data: &Value,
+        undo: &mut UndoLog,
+    ) -> Result<Outcome, BoxError> {
+        undo.before_replace(state);
+        self.apply(key, state, event, data)
+    }
 }
 
 /// A checked set of projections with distinct names.

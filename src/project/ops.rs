@@ -7,12 +7,14 @@
 //! `remove` (fields), `delete` (the whole state or row), and `jq`, which maps
 //! `{"state": ..., "event": {...envelope, "data": ...}}` to the new state.
 
+use super::undo::UndoLog;
 use crate::event::Event;
-use crate::upcast::jq::{JqError, JqFilter};
+use crate::upcast::jq::{object, text, to_val, JqError, JqFilter};
 use crate::upcast::pointer::{type_name, Pointer, PointerError};
 use jaq_json::Val;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// Errors of an op on one event.
 #[derive(Debug, thiserror::Error)]
@@ -55,32 +57,7 @@ pub enum ValueSource {
 impl ValueSource {
     /// Checks the reference when a file loads.
     pub fn check(&self) -> Result<(), ProjectOpError> {
-        match self {
-            ValueSource::From { from } if from.starts_with('$') => {
-                envelope_field(from, None).map(|_| ())
-            }
-            ValueSource::From { from } => Pointer::parse(from).map(|_| ()).map_err(Into::into),
-            ValueSource::Literal { .. } => Ok(()),
-        }
-    }
-
-    /// The value for one event; `None` when the event lacks it.
-    pub fn read(&self, event: &Event, data: &Value) -> Result<Option<Value>, ProjectOpError> {
-        match self {
-            ValueSource::Literal { value } => Ok(Some(value.clone())),
-            ValueSource::From { from } if from.starts_with('$') => {
-                envelope_field(from, Some(event))
-            }
-            ValueSource::From { from } => Ok(Pointer::parse(from)?.get(data).cloned()),
-        }
-    }
-
-    /// Like [`read`](Self::read), but a missing value is an error naming it.
-    pub fn require(&self, event: &Event, data: &Value) -> Result<Value, ProjectOpError> {
-        self.read(event, data)?
-            .ok_or_else(|| ProjectOpError::Missing {
-                source_name: self.name(),
-            })
+        CompiledSource::compile(self).map(|_| ())
     }
 
     /// How the source is written in files.
@@ -92,31 +69,103 @@ impl ValueSource {
     }
 }
 
-fn envelope_field(name: &str, event: Option<&Event>) -> Result<Option<Value>, ProjectOpError> {
-    let known = [
-        "$stream",
-        "$category",
-        "$revision",
-        "$position",
-        "$id",
-        "$type",
-        "$version",
-        "$recorded_at",
-    ];
-    if !known.contains(&name) {
-        return Err(ProjectOpError::UnknownEnvelopeField(name.to_string()));
+/// An envelope field a value can come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EnvelopeField {
+    Stream,
+    Category,
+    Revision,
+    Position,
+    Id,
+    Type,
+    Version,
+    RecordedAt,
+}
+
+impl EnvelopeField {
+    fn parse(name: &str) -> Result<Self, ProjectOpError> {
+        Ok(match name {
+            "$stream" => EnvelopeField::Stream,
+            "$category" => EnvelopeField::Category,
+            "$revision" => EnvelopeField::Revision,
+            "$position" => EnvelopeField::Position,
+            "$id" => EnvelopeField::Id,
+            "$type" => EnvelopeField::Type,
+            "$version" => EnvelopeField::Version,
+            "$recorded_at" => EnvelopeField::RecordedAt,
+            _ => return Err(ProjectOpError::UnknownEnvelopeField(name.to_string())),
+        })
     }
-    let Some(e) = event else { return Ok(None) };
-    Ok(match name {
-        "$stream" => Some(Value::from(e.stream.clone())),
-        "$category" => Some(Value::from(e.category())),
-        "$revision" => Some(Value::from(e.revision)),
-        "$position" => e.position.map(Value::from),
-        "$id" => Some(Value::from(e.id.to_string())),
-        "$type" => Some(Value::from(e.event_type.clone())),
-        "$version" => Some(Value::from(e.version)),
-        _ => e.recorded_at.clone().map(Value::from),
-    })
+
+    fn read(self, e: &Event) -> Option<Value> {
+        match self {
+            EnvelopeField::Stream => Some(Value::from(e.stream.as_str())),
+            EnvelopeField::Category => Some(Value::from(e.category())),
+            EnvelopeField::Revision => Some(Value::from(e.revision)),
+            EnvelopeField::Position => e.position.map(Value::from),
+            EnvelopeField::Id => Some(Value::from(e.id.to_string())),
+            EnvelopeField::Type => Some(Value::from(e.event_type.as_str())),
+            EnvelopeField::Version => Some(Value::from(e.version)),
+            EnvelopeField::RecordedAt => e.recorded_at.as_deref().map(Value::from),
+        }
+    }
+}
+
+/// A [`ValueSource`] checked and parsed once, when its file loads (not once per event).
+#[derive(Debug, Clone)]
+pub struct CompiledSource {
+    name: String,
+    from: SourceKind,
+}
+
+#[derive(Debug, Clone)]
+enum SourceKind {
+    Data(Pointer),
+    Envelope(EnvelopeField),
+    Literal(Value),
+}
+
+impl CompiledSource {
+    /// Parses the pointer or names the envelope field; an unknown one is an error.
+    pub fn compile(source: &ValueSource) -> Result<Self, ProjectOpError> {
+        let from = match source {
+            ValueSource::From { from } if from.starts_with('$') => {
+                SourceKind::Envelope(EnvelopeField::parse(from)?)
+            }
+            ValueSource::From { from } => SourceKind::Data(Pointer::parse(from)?),
+            ValueSource::Literal { value } => SourceKind::Literal(value.clone()),
+        };
+        Ok(CompiledSource {
+            name: source.name(),
+            from,
+        })
+    }
+
+    /// The value for one event, borrowed where it can be; `None` when the event lacks it.
+    pub fn read<'a>(&'a self, event: &Event, data: &'a Value) -> Option<Cow<'a, Value>> {
+        match &self.from {
+            SourceKind::Literal(value) => Some(Cow::Borrowed(value)),
+            SourceKind::Envelope(field) => field.read(event).map(Cow::Owned),
+            SourceKind::Data(pointer) => pointer.get(data).map(Cow::Borrowed),
+        }
+    }
+
+    /// Like [`read`](Self::read), but a missing value is an error naming it.
+    pub fn require<'a>(
+        &'a self,
+        event: &Event,
+        data: &'a Value,
+    ) -> Result<Cow<'a, Value>, ProjectOpError> {
+        self.read(event, data)
+            .ok_or_else(|| ProjectOpError::Missing {
+                source_name: self.name.clone(),
+            })
+    }
+
+    /// How the source is written in files.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
 }
 
 /// A path in the state plus a value source. (serde cannot refuse unknown keys next to a
@@ -173,21 +222,22 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct CompiledProjectionOp {
     op: ProjectionOp,
+    source: Option<CompiledSource>,
     jq: Option<JqFilter>,
 }
 
 impl CompiledProjectionOp {
     /// Checks sources and compiles jq.
     pub fn compile(op: ProjectionOp) -> Result<Self, ProjectOpError> {
-        let jq = match &op {
-            ProjectionOp::Jq(text) => Some(JqFilter::compile(text)?),
+        let (mut source, mut jq) = (None, None);
+        match &op {
+            ProjectionOp::Jq(text) => jq = Some(JqFilter::compile(text)?),
             ProjectionOp::Set(p) | ProjectionOp::Add(p) | ProjectionOp::Append(p) => {
-                p.source.check()?;
-                None
+                source = Some(CompiledSource::compile(&p.source)?);
             }
-            _ => None,
+            _ => {}
         };
-        Ok(CompiledProjectionOp { op, jq })
+        Ok(CompiledProjectionOp { op, source, jq })
     }
 
     /// The op as written.
@@ -195,19 +245,33 @@ impl CompiledProjectionOp {
         &self.op
     }
 
-    /// Applies the op to `state` for `event` (whose parsed data is `data`).
+    /// Applies the op to `state` for `event` (whose parsed data is `data`), first recording in
+    /// `undo` what it is about to change.
     pub fn apply(
         &self,
         state: &mut Value,
         event: &Event,
         data: &Value,
+        undo: &mut UndoLog,
     ) -> Result<Outcome, ProjectOpError> {
+        let source = || {
+            self.source
+                .as_ref()
+                .expect("value ops compile their source")
+        };
         match &self.op {
-            ProjectionOp::Set(p) => p.path.set(state, p.source.require(event, data)?)?,
-            ProjectionOp::Add(p) => add(state, p, event, data)?,
-            ProjectionOp::Append(p) => append(state, p, event, data)?,
+            ProjectionOp::Set(p) => {
+                let value = source().require(event, data)?.into_owned();
+                undo.before_write(state, &p.path);
+                p.path.set(state, value)?
+            }
+            ProjectionOp::Add(p) => add(state, &p.path, &*source().require(event, data)?, undo)?,
+            ProjectionOp::Append(p) => {
+                append(state, &p.path, source().require(event, data)?, undo)?
+            }
             ProjectionOp::Remove(pointers) => {
                 for pointer in pointers {
+                    undo.before_write(state, pointer);
                     pointer.take(state);
                 }
             }
@@ -218,44 +282,48 @@ impl CompiledProjectionOp {
                     .jq
                     .as_ref()
                     .expect("jq ops are compiled with their filter");
-                use crate::upcast::jq::{object, text, to_val};
-                let number = |n: Option<u64>| n.map_or(Val::Null, |n| to_val(&Value::from(n)));
-                let event_val = object([
-                    ("stream", text(&event.stream)),
-                    ("revision", number(Some(event.revision))),
-                    ("position", number(event.position)),
-                    ("id", text(&event.id.to_string())),
-                    ("type", text(&event.event_type)),
-                    ("version", number(Some(event.version.into()))),
-                    ("data", to_val(data)),
-                    (
-                        "recorded_at",
-                        event.recorded_at.as_deref().map_or(Val::Null, text),
-                    ),
-                ]);
-                let input = object([("state", to_val(state)), ("event", event_val)]);
-                *state = filter.run_val(input)?;
+                let input = object([("state", to_val(state)), ("event", event_val(event, data))]);
+                let old = std::mem::replace(state, filter.run_val(input)?);
+                undo.replaced(old);
             }
         }
         Ok(Outcome::Keep)
     }
 }
 
+/// The event as jq ops see it: the envelope with its parsed data.
+fn event_val(event: &Event, data: &Value) -> Val {
+    let number = |n: Option<u64>| n.map_or(Val::Null, |n| to_val(&Value::from(n)));
+    object([
+        ("stream", text(&event.stream)),
+        ("revision", number(Some(event.revision))),
+        ("position", number(event.position)),
+        ("id", text(&event.id.to_string())),
+        ("type", text(&event.event_type)),
+        ("version", number(Some(event.version.into()))),
+        ("data", to_val(data)),
+        (
+            "recorded_at",
+            event.recorded_at.as_deref().map_or(Val::Null, text),
+        ),
+    ])
+}
+
 fn add(
     state: &mut Value,
-    p: &PathSource,
-    event: &Event,
-    data: &Value,
+    path: &Pointer,
+    value: &Value,
+    undo: &mut UndoLog,
 ) -> Result<(), ProjectOpError> {
-    let value = p.source.require(event, data)?;
-    let current = p.path.get(state).cloned().unwrap_or(Value::from(0));
+    let zero = Value::from(0);
+    let current = path.get(state).unwrap_or(&zero);
     let clash = |target: &Value| ProjectOpError::TypeClash {
-        pointer: p.path.to_string(),
+        pointer: path.to_string(),
         op: "add",
-        value_type: type_name(&value),
+        value_type: type_name(value),
         target_type: type_name(target),
     };
-    let sum = match (&current, &value) {
+    let sum = match (current, value) {
         (Value::Number(a), Value::Number(b)) => match (a.as_i64(), b.as_i64()) {
             (Some(a), Some(b)) => a.checked_add(b).map(Value::from),
             _ => None,
@@ -263,32 +331,33 @@ fn add(
         .unwrap_or_else(|| {
             Value::from(a.as_f64().unwrap_or_default() + b.as_f64().unwrap_or_default())
         }),
-        (Value::Number(_), _) => return Err(clash(&current)),
-        _ => return Err(clash(&current)),
+        _ => return Err(clash(current)),
     };
-    p.path.set(state, sum)?;
+    undo.before_write(state, path);
+    path.set(state, sum)?;
     Ok(())
 }
 
 fn append(
     state: &mut Value,
-    p: &PathSource,
-    event: &Event,
-    data: &Value,
+    path: &Pointer,
+    value: Cow<'_, Value>,
+    undo: &mut UndoLog,
 ) -> Result<(), ProjectOpError> {
-    let value = p.source.require(event, data)?;
-    match p.path.get(state) {
-        None | Some(Value::Null) => p.path.set(state, Value::Array(vec![value]))?,
+    match path.get(state) {
+        None | Some(Value::Null) => {
+            undo.before_write(state, path);
+            path.set(state, Value::Array(vec![value.into_owned()]))?
+        }
         Some(Value::Array(_)) => {
-            let mut list = p.path.take(state).unwrap_or_default();
-            if let Value::Array(items) = &mut list {
-                items.push(value);
+            undo.before_append(state, path);
+            if let Some(Value::Array(items)) = path.get_mut(state) {
+                items.push(value.into_owned());
             }
-            p.path.set(state, list)?;
         }
         Some(other) => {
             return Err(ProjectOpError::TypeClash {
-                pointer: p.path.to_string(),
+                pointer: path.to_string(),
                 op: "append",
                 value_type: type_name(&value),
                 target_type: type_name(other),
@@ -315,7 +384,12 @@ mod tests {
         let one: One = toml::from_str(&format!("op = {op}")).expect("op parses");
         let e = event();
         let data = e.data.to_value().unwrap();
-        let outcome = CompiledProjectionOp::compile(one.op)?.apply(&mut state, &e, &data)?;
+        let outcome = CompiledProjectionOp::compile(one.op)?.apply(
+            &mut state,
+            &e,
+            &data,
+            &mut UndoLog::default(),
+        )?;
         Ok((state, outcome))
     }
 

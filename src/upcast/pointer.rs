@@ -122,6 +122,22 @@ impl Pointer {
             })
     }
 
+    /// The value the pointer names, if any, to change in place.
+    pub fn get_mut<'a>(&self, root: &'a mut Value) -> Option<&'a mut Value> {
+        self.tokens
+            .iter()
+            .try_fold(root, |value, token| match value {
+                Value::Object(map) => map.get_mut(token),
+                Value::Array(items) => token.parse::<usize>().ok().and_then(|i| items.get_mut(i)),
+                _ => None,
+            })
+    }
+
+    /// The first token (`a` of `/a/b`); `None` for the root pointer.
+    pub fn first_token(&self) -> Option<&str> {
+        self.tokens.first().map(String::as_str)
+    }
+
     /// Removes and returns the value the pointer names, if any.
     pub fn take(&self, root: &mut Value) -> Option<Value> {
         let (last, parents) = self.tokens.split_last()?;

@@ -189,13 +189,27 @@ fn a_second_rebuilder_is_refused_by_the_advisory_lock() {
     let Some(schema) = schema("lock") else { return };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    generate(d, "log.jsonl", 200_000, 5_000, 6);
+    generate(d, "log.jsonl", 20_000, 500, 6);
+    // With --follow the first rebuild keeps its locks after catching up, so the second one
+    // meets them however fast the first one is.
     let mut first = rebuild_process(d, "log.jsonl", &schema.location)
+        .arg("--follow")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // The rebuilder's lock of each demo projection (key as in `readmodel::postgres`).
+    let locks = format!(
+        "SELECT count(*) FROM pg_locks l JOIN (VALUES ('order_summary'), ('customer_orders'), ('sku_sales')) p(name) \
+         ON l.locktype = 'advisory' AND l.granted AND l.objid::int = hashtext('recast:{}:' || p.name)",
+        schema.name
+    );
+    while sql(&locks)[0].get::<_, i64>(0) < 3 {
+        assert!(first.try_wait().unwrap().is_none(), "the first rebuild ended");
+        assert!(std::time::Instant::now() < deadline, "the first rebuild took no locks");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let second = rebuild(d, "log.jsonl", &schema.location).output().unwrap();
     let still_running = first.try_wait().unwrap().is_none();
     first.kill().ok();
