@@ -187,6 +187,40 @@ impl Event {
     }
 }
 
+/// An envelope borrowing its parts, serialized exactly as an [`Event`] is: what a sink writes
+/// without first moving an event's parts into an `Event` of its own.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct EnvelopeRef<'a> {
+    pub stream: &'a str,
+    pub revision: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+    pub id: &'a Uuid,
+    #[serde(rename = "type")]
+    pub event_type: &'a str,
+    pub version: u32,
+    pub data: &'a Payload,
+    pub metadata: &'a Payload,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorded_at: Option<&'a str>,
+}
+
+impl<'a> From<&'a Event> for EnvelopeRef<'a> {
+    fn from(e: &'a Event) -> Self {
+        EnvelopeRef {
+            stream: &e.stream,
+            revision: e.revision,
+            position: e.position,
+            id: &e.id,
+            event_type: &e.event_type,
+            version: e.version,
+            data: &e.data,
+            metadata: &e.metadata,
+            recorded_at: e.recorded_at.as_deref(),
+        }
+    }
+}
+
 /// The part of a stream name before the first `-` (the whole name when there is none).
 pub fn stream_category(stream: &str) -> &str {
     stream
@@ -207,10 +241,18 @@ pub const MAX_STREAM_NAME: usize = 1024;
 /// of a folder: a `..` segment or a leading path separator; and names no store handles well:
 /// empty, over [`MAX_STREAM_NAME`] bytes, or with control characters.
 pub fn validate_stream_name(name: &str) -> Result<(), EventError> {
+    // Most names are printable ASCII without separators: one byte scan settles them (but a
+    // name without separators is still one path segment, which must not be `..`).
+    let plain = || {
+        name.bytes()
+            .all(|b| (0x20..0x7F).contains(&b) && b != b'/' && b != b'\\')
+    };
     let reason = if name.is_empty() {
         Some("it is empty")
     } else if name.len() > MAX_STREAM_NAME {
         Some("it is longer than 1024 bytes")
+    } else if plain() && name != ".." {
+        None
     } else if name.chars().any(char::is_control) {
         Some("it contains a control character")
     } else if name.starts_with('/') || name.starts_with('\\') {
@@ -342,6 +384,19 @@ mod tests {
     }
 
     #[test]
+    fn a_borrowed_envelope_serializes_exactly_as_the_event() {
+        let lines = [
+            r#"{"stream":"order-1","revision":3,"position":9,"id":"6f1c7a52-5d1e-4a47-9a37-1b9e3f0e8a11","type":"T","version":2,"data":{"b": 1},"metadata":{"m":"x\"y"},"recorded_at":"2024-01-01T00:00:00Z"}"#,
+            r#"{"stream":"s","revision":0,"id":"6f1c7a52-5d1e-4a47-9a37-1b9e3f0e8a11","type":"T","data":[]}"#,
+        ];
+        for line in lines {
+            let event: Event = serde_json::from_str(line).unwrap();
+            let borrowed = serde_json::to_string(&EnvelopeRef::from(&event)).unwrap();
+            assert_eq!(borrowed, event.to_json_line());
+        }
+    }
+
+    #[test]
     fn missing_version_means_one_and_missing_type_is_an_error() {
         let line = r#"{"stream":"s","revision":0,"id":"6f1c7a52-5d1e-4a47-9a37-1b9e3f0e8a11","type":"T","data":{}}"#;
         assert_eq!(serde_json::from_str::<Event>(line).unwrap().version, 1);
@@ -354,7 +409,9 @@ mod tests {
 
     #[test]
     fn stream_names_that_climb_out_of_a_folder_are_refused() {
-        for bad in ["", "../etc", "a/../b", "/abs", "a\\..\\b", "..", "a\nb"] {
+        for bad in [
+            "", "../etc", "a/../b", "/abs", "a\\..\\b", "..", "a\nb", "a\u{7f}", "a\u{85}b",
+        ] {
             assert!(validate_stream_name(bad).is_err(), "{bad:?} accepted");
         }
         for good in ["order-1", "Talk:Foo/Archive 1", "$ce-order", "a..b"] {

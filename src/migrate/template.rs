@@ -141,7 +141,7 @@ impl StreamTemplate {
 
     /// The target stream name for an event.
     pub fn render(&self, event: &mut Event) -> Result<String, TemplateError> {
-        let mut name = String::new();
+        let mut name = String::with_capacity(event.stream.len() + 16);
         for part in &self.parts {
             match part {
                 Part::Literal(text) => name.push_str(text),

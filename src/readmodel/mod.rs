@@ -258,7 +258,7 @@ pub trait ReadModelStore: Send + Sync {
     /// The dead letters of a generation.
     fn dead_letters(&self, name: &str, generation: u32) -> Result<Vec<DeadLetter>, ReadModelError>;
     /// Applies a window atomically and durably.
-    fn commit(&self, window: Window) -> Result<(), ReadModelError>;
+    fn commit(&self, window: &Window) -> Result<(), ReadModelError>;
     /// Drops a generation's rows, checkpoints and dead letters (not its meta entry).
     fn drop_generation(&self, name: &str, generation: u32) -> Result<(), ReadModelError>;
 

@@ -7,7 +7,7 @@
 //! `CompactString`s, which keep names of up to 24 bytes inside the map entry: a lookup in a
 //! map of many streams then misses the cache once, not twice.
 
-use super::{AppendOutcome, AppendRequest, StoreError, StreamState};
+use super::{AppendOutcome, AppendRequest, ExpectedRevision, StoreError, StreamState};
 use crate::event::{validate_stream_name, Event};
 use compact_str::CompactString;
 use rustc_hash::FxHashMap;
@@ -44,60 +44,87 @@ impl StreamHeads {
         self.next_position = 0;
     }
 
-    /// Checks a request's expected revision and gives its events their revisions and positions.
+    /// Checks an append of `count` events to `stream` against its expected revision and
+    /// reserves their revisions and positions. One lookup in the map; a stream name is checked
+    /// when the stream is new (a known one passed that check when it was first written).
+    pub fn place(
+        &mut self,
+        stream: &str,
+        expected: ExpectedRevision,
+        count: usize,
+    ) -> Result<Placement, StoreError> {
+        let head = self.heads.get_mut(stream);
+        if head.is_none() {
+            validate_stream_name(stream)?;
+        }
+        let state = head
+            .as_deref()
+            .map_or(StreamState::NoStream, |&r| StreamState::At(r));
+        if !state.satisfies(expected) {
+            return Err(StoreError::WrongExpectedRevision {
+                stream: stream.to_string(),
+                expected,
+                actual: state,
+            });
+        }
+        let first_revision = state.next_revision();
+        let first_position = self.next_position;
+        let last_revision = (first_revision + count as u64).saturating_sub(1);
+        if count > 0 {
+            match head {
+                Some(head) => *head = last_revision,
+                None => {
+                    self.heads.insert(stream.into(), last_revision);
+                }
+            }
+        }
+        self.next_position += count as u64;
+        Ok(Placement {
+            first_revision,
+            first_position,
+            outcome: AppendOutcome {
+                last_revision,
+                written: count,
+                duplicates: 0,
+            },
+        })
+    }
+
+    /// [`place`](Self::place)s a request and builds its events' envelopes.
     pub fn assign(
         &mut self,
         request: AppendRequest,
     ) -> Result<(Vec<Event>, AppendOutcome), StoreError> {
-        validate_stream_name(&request.stream)?;
-        let state = self.state(&request.stream);
-        if !state.satisfies(request.expected) {
-            return Err(StoreError::WrongExpectedRevision {
-                stream: request.stream,
-                expected: request.expected,
-                actual: state,
-            });
-        }
-        let first = state.next_revision();
-        let written = request.events.len();
-        let events: Vec<Event> = request
+        let placed = self.place(&request.stream, request.expected, request.events.len())?;
+        let events = request
             .events
             .into_iter()
-            .enumerate()
-            .map(|(i, e)| {
+            .zip(0..)
+            .map(|(e, i)| {
                 e.into_event(
                     &request.stream,
-                    first + i as u64,
-                    self.next_position + i as u64,
+                    placed.first_revision + i,
+                    placed.first_position + i,
                 )
             })
             .collect();
-        self.next_position += written as u64;
-        let last_revision = (first + written as u64).saturating_sub(1);
-        if written > 0 {
-            match self.heads.get_mut(request.stream.as_str()) {
-                Some(head) => *head = last_revision,
-                None => {
-                    self.heads.insert(request.stream.into(), last_revision);
-                }
-            }
-        }
-        Ok((
-            events,
-            AppendOutcome {
-                last_revision,
-                written,
-                duplicates: 0,
-            },
-        ))
+        Ok((events, placed.outcome))
     }
+}
+
+/// Where an accepted append goes: its first revision and first log position.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement {
+    pub first_revision: u64,
+    pub first_position: u64,
+    pub outcome: AppendOutcome,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::event::Payload;
-    use crate::store::{ExpectedRevision, NewEvent};
+    use crate::store::NewEvent;
 
     fn request(stream: &str, expected: ExpectedRevision, count: u128) -> AppendRequest {
         let event = |n| NewEvent {

@@ -408,17 +408,25 @@ impl JsonlSink {
     }
 
     fn append_one(&mut self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
-        let (events, outcome) = self.heads.assign(request)?;
-        for event in events {
+        let placed = self
+            .heads
+            .place(&request.stream, request.expected, request.events.len())?;
+        for (event, i) in request.events.iter().zip(0..) {
+            let envelope = event.envelope(
+                &request.stream,
+                placed.first_revision + i,
+                placed.first_position + i,
+            );
             self.line.clear();
-            serde_json::to_writer(&mut self.line, &event).expect("an envelope always serializes");
+            serde_json::to_writer(&mut self.line, &envelope)
+                .expect("an envelope always serializes");
             self.line.push(b'\n');
             self.file
                 .write_all(&self.line)
                 .map_err(io_error(&self.path))?;
             self.bytes += self.line.len() as u64;
         }
-        Ok(outcome)
+        Ok(placed.outcome)
     }
 }
 

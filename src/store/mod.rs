@@ -18,7 +18,7 @@ mod heads;
 pub mod jsonl;
 pub mod sled_store;
 
-use crate::event::{Event, EventError, Payload};
+use crate::event::{EnvelopeRef, Event, EventError, Payload};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::FutureExt;
@@ -193,6 +193,26 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
+    /// The envelope this event gets at `stream`, `revision`, `position`, borrowed.
+    pub fn envelope<'a>(
+        &'a self,
+        stream: &'a str,
+        revision: u64,
+        position: u64,
+    ) -> EnvelopeRef<'a> {
+        EnvelopeRef {
+            stream,
+            revision,
+            position: Some(position),
+            id: &self.id,
+            event_type: &self.event_type,
+            version: self.version,
+            data: &self.data,
+            metadata: &self.metadata,
+            recorded_at: self.recorded_at.as_deref(),
+        }
+    }
+
     /// The envelope this event gets at `stream`, `revision`, `position`.
     pub fn into_event(self, stream: &str, revision: u64, position: u64) -> Event {
         Event {

@@ -206,8 +206,14 @@ fn a_second_rebuilder_is_refused_by_the_advisory_lock() {
         schema.name
     );
     while sql(&locks)[0].get::<_, i64>(0) < 3 {
-        assert!(first.try_wait().unwrap().is_none(), "the first rebuild ended");
-        assert!(std::time::Instant::now() < deadline, "the first rebuild took no locks");
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first rebuild ended"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first rebuild took no locks"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let second = rebuild(d, "log.jsonl", &schema.location).output().unwrap();
