@@ -117,7 +117,7 @@ impl ReadModelStore for Observed {
     fn dead_letters(&self, name: &str, generation: u32) -> Result<Vec<DeadLetter>, ReadModelError> {
         self.inner.dead_letters(name, generation)
     }
-    fn commit(&self, window: &Window) -> Result<(), ReadModelError> {
+    fn commit(&self, window: Window) -> Result<(), ReadModelError> {
         if self.mode == Mode::Discard {
             return Ok(());
         }

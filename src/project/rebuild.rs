@@ -563,7 +563,7 @@ impl Rebuilder<'_> {
             .filter(|(_, unwritten)| unwritten.load(Ordering::Relaxed))
             .map(|(m, _)| m.part.clone())
             .collect();
-        store.commit(&Window {
+        store.commit(Window {
             rows,
             checkpoints,
             dead_letters,

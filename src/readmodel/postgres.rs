@@ -556,7 +556,7 @@ impl ReadModelStore for PostgresReadModels {
             .collect())
     }
 
-    fn commit(&self, window: &Window) -> Result<(), ReadModelError> {
+    fn commit(&self, window: Window) -> Result<(), ReadModelError> {
         let schema = self.schema();
         let mut deletes: HashMap<(String, u32), Vec<String>> = HashMap::new();
         let mut groups: Vec<(String, u32)> = Vec::new();

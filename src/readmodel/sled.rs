@@ -206,18 +206,18 @@ impl ReadModelStore for SledReadModels {
             .collect()
     }
 
-    fn commit(&self, window: &Window) -> Result<(), ReadModelError> {
+    fn commit(&self, window: Window) -> Result<(), ReadModelError> {
         let mut batch = ::sled::Batch::default();
-        for row in &window.rows {
+        for row in window.rows {
             let key = row_key(&row.projection, row.generation, &row.key);
-            match &row.value {
+            match row.value {
                 Some(value) => {
-                    batch.insert(key, serde_json::to_vec(value).expect("rows serialize"))
+                    batch.insert(key, serde_json::to_vec(&value).expect("rows serialize"))
                 }
                 None => batch.remove(key),
             }
         }
-        for (index, (part, position, letter)) in window.dead_letters.iter().enumerate() {
+        for (index, (part, position, letter)) in window.dead_letters.into_iter().enumerate() {
             let mut key = prefix(b'd', &part.projection, Some(part.generation));
             key.extend_from_slice(&position.to_be_bytes());
             key.extend_from_slice(&(index as u32).to_be_bytes());
@@ -226,10 +226,10 @@ impl ReadModelStore for SledReadModels {
                 serde_json::to_vec(&letter).expect("dead letters serialize"),
             );
         }
-        for (part, checkpoint) in &window.checkpoints {
+        for (part, checkpoint) in window.checkpoints {
             batch.insert(
-                checkpoint_key(part),
-                serde_json::to_vec(checkpoint).expect("checkpoints serialize"),
+                checkpoint_key(&part),
+                serde_json::to_vec(&checkpoint).expect("checkpoints serialize"),
             );
         }
         self.tree
@@ -289,7 +289,7 @@ mod tests {
             ..Default::default()
         };
         store
-            .commit(&Window {
+            .commit(Window {
                 rows: vec![RowWrite {
                     projection: "p".into(),
                     generation,
