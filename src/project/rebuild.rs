@@ -515,7 +515,9 @@ impl Rebuilder<'_> {
         unwritten: &[AtomicBool],
     ) -> Result<(), RebuildError> {
         let rate = applied as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        let dirty = fold.take_dirty();
+        let mut dirty = fold.take_dirty();
+        // In key order, a store's inserts walk its index in order instead of jumping around it.
+        dirty.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut rows = Vec::with_capacity(dirty.len());
         for (
             (member, key),
