@@ -3,12 +3,14 @@
 //! ([`super::testing`]).
 //!
 //! A [`Fold`] holds the dirty states of its members (projection generations), keyed by row.
-//! Each event is applied to every member that handles it into a staging area first; only when
-//! a member's whole change succeeded is it merged, so a failing event never leaves half its
-//! effect behind. What a failure does is the [`ErrorPolicy`]: `stop` returns the error with
-//! nothing of that event applied, `skip` leaves the event out for that member, `dead-letter`
-//! also records it. The size of the dirty states is tracked (an estimate, in bytes) so the
-//! caller can write a window when it passes its memory bound.
+//! Each event is applied in place to every member that handles it, and every change is logged
+//! with how to take it back ([`super::undo::UndoLog`]); when a member fails on the event, its
+//! changes of that event are taken back, so a failing event never leaves half its effect
+//! behind. (Applying to a copy of each state and merging it gave the same guarantee, but the
+//! copies were a sixth of a demo rebuild.) What a failure does is the [`ErrorPolicy`]: `stop`
+//! takes back every change of the source event and returns the error, `skip` leaves the event
+//! out for that member, `dead-letter` also records it. The size of the dirty states is tracked
+//! (an estimate, in bytes) so the caller can write a window when it passes its memory bound.
 
 use super::ops::Outcome;
 use super::undo::UndoLog;
