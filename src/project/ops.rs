@@ -55,11 +55,6 @@ pub enum ValueSource {
 }
 
 impl ValueSource {
-    /// Checks the reference when a file loads.
-    pub fn check(&self) -> Result<(), ProjectOpError> {
-        CompiledSource::compile(self).map(|_| ())
-    }
-
     /// How the source is written in files.
     pub fn name(&self) -> String {
         match self {

@@ -68,6 +68,15 @@ pub fn type_name(value: &Value) -> &'static str {
     }
 }
 
+/// The value `tokens` lead to from `root`, if any, to change in place.
+fn descend_mut<'a>(root: &'a mut Value, tokens: &[String]) -> Option<&'a mut Value> {
+    tokens.iter().try_fold(root, |value, token| match value {
+        Value::Object(map) => map.get_mut(token),
+        Value::Array(items) => token.parse::<usize>().ok().and_then(|i| items.get_mut(i)),
+        _ => None,
+    })
+}
+
 impl Pointer {
     /// Parses and checks pointer text.
     pub fn parse(text: &str) -> Result<Self, PointerError> {
@@ -124,13 +133,7 @@ impl Pointer {
 
     /// The value the pointer names, if any, to change in place.
     pub fn get_mut<'a>(&self, root: &'a mut Value) -> Option<&'a mut Value> {
-        self.tokens
-            .iter()
-            .try_fold(root, |value, token| match value {
-                Value::Object(map) => map.get_mut(token),
-                Value::Array(items) => token.parse::<usize>().ok().and_then(|i| items.get_mut(i)),
-                _ => None,
-            })
+        descend_mut(root, &self.tokens)
     }
 
     /// The first token (`a` of `/a/b`); `None` for the root pointer.
@@ -141,11 +144,7 @@ impl Pointer {
     /// Removes and returns the value the pointer names, if any.
     pub fn take(&self, root: &mut Value) -> Option<Value> {
         let (last, parents) = self.tokens.split_last()?;
-        let parent = parents.iter().try_fold(root, |value, token| match value {
-            Value::Object(map) => map.get_mut(token),
-            Value::Array(items) => token.parse::<usize>().ok().and_then(|i| items.get_mut(i)),
-            _ => None,
-        })?;
+        let parent = descend_mut(root, parents)?;
         match parent {
             Value::Object(map) => map.remove(last),
             Value::Array(items) => {
