@@ -529,9 +529,15 @@ impl Rebuilder<'_> {
             let part = &lane.members[member].part;
             let value = match (fold.members[member].projection.kind(), state) {
                 (_, None) => None,
-                (ProjectionKind::Snapshot, Some(state)) => {
-                    Some(serde_json::json!({"revision": revision, "state": state}))
-                }
+                // Built by hand: `json!` would copy the whole state through `to_value`.
+                (ProjectionKind::Snapshot, Some(state)) => Some(Value::Object(
+                    [
+                        ("revision".to_string(), Value::from(revision)),
+                        ("state".to_string(), state),
+                    ]
+                    .into_iter()
+                    .collect(),
+                )),
                 (ProjectionKind::Table, Some(state)) => Some(state),
             };
             rows.push(RowWrite {
