@@ -157,7 +157,7 @@ fn main() {
         dirty_rows: windows.iter().map(Vec::len).sum(),
         seconds,
         postgres,
-        postgres_location: location,
+        postgres_location: selected("postgres").then_some(location),
         rss,
     };
     results.print();

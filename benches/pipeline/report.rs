@@ -56,7 +56,8 @@ pub struct Results {
     /// Seconds of each round, per row of [`ROWS`].
     pub seconds: Vec<Vec<f64>>,
     pub postgres: Vec<PostgresRound>,
-    pub postgres_location: String,
+    /// Where the PostgreSQL rows ran; `None` when `RECAST_BENCH_ONLY` left them out.
+    pub postgres_location: Option<String>,
     /// Per log size: (job, peak RSS bytes).
     pub rss: Vec<(u64, Vec<(&'static str, u64)>)>,
 }
@@ -196,12 +197,12 @@ impl Results {
 
     fn print_postgres(&self) {
         let pg = self.postgres_json();
-        if pg.is_null() {
-            println!(
-                "PostgreSQL not reachable at {}: its rows are left out",
-                self.postgres_location
-            );
-            return;
+        match &self.postgres_location {
+            None => return println!("PostgreSQL rows not selected (RECAST_BENCH_ONLY)"),
+            Some(location) if pg.is_null() => {
+                return println!("PostgreSQL not reachable at {location}: its rows are left out")
+            }
+            Some(_) => {}
         }
         println!(
             "PostgreSQL, {} final rows: rebuild {:.0} rows/s ({:.0} events/s), its commits {:.0} rows/s, psql \\copy {:.0} rows/s; ratio end to end {:.2}, commits {:.2} (target >= 0.8)",
