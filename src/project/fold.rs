@@ -67,6 +67,26 @@ pub struct Dirty {
     size: usize,
 }
 
+impl Dirty {
+    /// The row a store keeps for this state (`None`: the row is deleted). A snapshot row is
+    /// `{"revision": r, "state": ...}` ([`Fold`] reads it back the same way); a table row is
+    /// the state itself. Built by hand: `json!` would copy the whole state through `to_value`.
+    pub fn into_row(self, kind: ProjectionKind) -> Option<Value> {
+        let state = self.state?;
+        Some(match kind {
+            ProjectionKind::Snapshot => Value::Object(
+                [
+                    ("revision".to_string(), Value::from(self.revision)),
+                    ("state".to_string(), state),
+                ]
+                .into_iter()
+                .collect(),
+            ),
+            ProjectionKind::Table => state,
+        })
+    }
+}
+
 /// One (member, key) change of the source event being applied, and how to take it back.
 struct Change {
     member: usize,

@@ -14,7 +14,7 @@
 //! so a kill at any point resumes to the same read model as an uninterrupted run. The stop flag
 //! (Ctrl-C) makes every lane write its window and return.
 
-use super::fold::{Dirty, Fold, FoldError, Member};
+use super::fold::{Fold, FoldError, Member};
 use super::{ProjectionKind, ProjectionSet};
 use crate::migrate::ErrorPolicy;
 use crate::readmodel::{
@@ -519,27 +519,9 @@ impl Rebuilder<'_> {
         // In key order, a store's inserts walk its index in order instead of jumping around it.
         dirty.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut rows = Vec::with_capacity(dirty.len());
-        for (
-            (member, key),
-            Dirty {
-                state, revision, ..
-            },
-        ) in dirty
-        {
+        for ((member, key), dirty) in dirty {
             let part = &lane.members[member].part;
-            let value = match (fold.members[member].projection.kind(), state) {
-                (_, None) => None,
-                // Built by hand: `json!` would copy the whole state through `to_value`.
-                (ProjectionKind::Snapshot, Some(state)) => Some(Value::Object(
-                    [
-                        ("revision".to_string(), Value::from(revision)),
-                        ("state".to_string(), state),
-                    ]
-                    .into_iter()
-                    .collect(),
-                )),
-                (ProjectionKind::Table, Some(state)) => Some(state),
-            };
+            let value = dirty.into_row(fold.members[member].projection.kind());
             rows.push(RowWrite {
                 projection: part.projection.clone(),
                 generation: part.generation,

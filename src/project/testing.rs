@@ -27,7 +27,7 @@
 //! ```
 
 use super::fold::{Fold, Member};
-use super::{ProjectionKind, ProjectionSet};
+use super::ProjectionSet;
 use crate::event::Event;
 use crate::migrate::ErrorPolicy;
 use crate::upcast::{Registry, UpcastError};
@@ -113,12 +113,8 @@ pub fn replay(
         .collect();
     for ((member, key), dirty) in fold.take_dirty() {
         let projection = &projections.all()[member];
-        let row = match (projection.kind(), dirty.state) {
-            (_, None) => continue,
-            (ProjectionKind::Snapshot, Some(state)) => {
-                serde_json::json!({"revision": dirty.revision, "state": state})
-            }
-            (ProjectionKind::Table, Some(state)) => state,
+        let Some(row) = dirty.into_row(projection.kind()) else {
+            continue;
         };
         models
             .entry(projection.name().to_string())
@@ -266,6 +262,7 @@ pub fn run_case(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::project::ProjectionKind;
     use serde_json::json;
 
     /// A projection written in Rust: counts events per type, one row per type.
