@@ -54,35 +54,6 @@ pub fn raw_sled_insert(folder: &Path, records: &[Vec<u8>]) {
     }
 }
 
-/// The key/value records the sled event store writes for each record, following the layout
-/// documented in `recast::store::sled_store`: the envelope under `E` + position, the position
-/// under `S` + stream + 0xFF + revision, the position under `I` + id; and `M`, the next
-/// position, once per batch.
-pub fn store_records(records: &[Vec<u8>]) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
-    let key = |prefix: u8, parts: &[&[u8]]| {
-        let mut key = vec![prefix];
-        parts.iter().for_each(|p| key.extend_from_slice(p));
-        key
-    };
-    let mut batches = Vec::new();
-    for (chunk_index, chunk) in records.chunks(BATCH).enumerate() {
-        let mut batch = Vec::with_capacity(chunk.len() * 3 + 1);
-        for (index, record) in chunk.iter().enumerate() {
-            let event: recast::event::Event = serde_json::from_slice(record).expect("parses");
-            let position = ((chunk_index * BATCH + index) as u64).to_be_bytes();
-            let revision = event.revision.to_be_bytes();
-            let stream = event.stream.as_bytes();
-            batch.push((key(b'E', &[&position]), record.clone()));
-            batch.push((key(b'S', &[stream, &[0xFF], &revision]), position.to_vec()));
-            batch.push((key(b'I', &[event.id.as_bytes()]), position.to_vec()));
-        }
-        let next = ((chunk_index * BATCH + chunk.len()) as u64).to_be_bytes();
-        batch.push((b"M".to_vec(), next.to_vec()));
-        batches.push(batch);
-    }
-    batches
-}
-
 /// The baseline of a bounded rebuild's writes: the same rows, one batch and flush per window.
 pub fn raw_sled_windows(folder: &Path, windows: &[crate::observed::WindowRows]) {
     let db = sled::open(folder).expect("sled opens");

@@ -6,8 +6,7 @@
 //! pipeline's baseline (see [`report::ROWS`]):
 //! - B_val: parse every line into `serde_json::Value`; B_raw: into the envelope with a raw
 //!   payload; a raw sled insert of the records `migrate` writes, in batches of the same size,
-//!   one key per record, and again with every key/value the sled event store writes for them
-//!   (its position, stream and id indexes);
+//!   one key per record;
 //! - `migrate` JSONL -> JSONL where every event is upcast once, where none is, and with the
 //!   demo upcasters; `migrate` JSONL -> sled with the demo upcasters;
 //! - `rebuild` of the demo projections into sled with the state in memory; parse + fold alone
@@ -88,7 +87,6 @@ fn main() {
         &mut JsonlSink::open(&migrated).expect("sink"),
     );
     let records = jobs::read_records(&migrated);
-    let store_records = jobs::store_records(&records);
     let seen = jobs::rebuild(&log, &demo, sled_models(&target), Mode::Record, BOUND);
     let windows = std::mem::take(&mut *seen.windows.lock().expect("not poisoned"));
 
@@ -112,7 +110,6 @@ fn main() {
                 "b_val" => assert_eq!(jobs::parse_lines::<serde_json::Value>(&log), events),
                 "b_raw" => assert_eq!(jobs::parse_lines::<Event>(&log), events),
                 "sled_raw" => jobs::raw_sled_insert(&target, &records),
-                "sled_store_raw" => jobs::raw_sled_windows(&target, &store_records),
                 "migrate_every" => jobs::migrate(&log, &state, &every, &mut jsonl()),
                 "migrate_none" => jobs::migrate(&log, &state, &none, &mut jsonl()),
                 "migrate_demo" => jobs::migrate(&log, &state, &demo, &mut jsonl()),

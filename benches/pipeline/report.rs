@@ -33,7 +33,6 @@ pub const ROWS: &[RowSpec] = &[
     row("b_val", "B_val: serde_json::Value per line", None, None),
     row("b_raw", "B_raw: envelope, raw payload", None, None),
     row("sled_raw", "raw sled insert of migrate's records", None, None),
-    row("sled_store_raw", "raw sled insert, with the store's indexes", None, None),
     row("migrate_every", "migrate JSONL->JSONL, every event upcast", Some("b_raw"), Some(0.33)),
     row("migrate_none", "migrate JSONL->JSONL, pass-through", Some("b_raw"), Some(0.6)),
     row("migrate_demo", "migrate JSONL->JSONL, demo upcasters", Some("b_raw"), None),
@@ -73,11 +72,6 @@ impl Results {
         let index = ROWS.iter().position(|r| r.id == id).expect("known row");
         let times = &self.seconds[index];
         (!times.is_empty()).then(|| median(times.clone()))
-    }
-
-    /// Ratio of migrate-into-sled speed to the raw insert of every record the store writes.
-    fn sled_indexed_ratio(&self) -> Option<f64> {
-        Some(self.time("sled_store_raw")? / self.time("migrate_sled")?)
     }
 
     /// Ratio of bounded rebuild time to parse + fold time plus raw writes of its dirty rows.
@@ -145,7 +139,6 @@ impl Results {
             "events": self.events, "rounds": self.rounds,
             "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
             "results": self.rows(),
-            "migrate_sled_vs_raw_insert_with_indexes": self.sled_indexed_ratio(),
             "bounded": {"windows": self.windows, "dirty_rows": self.dirty_rows,
                 "ratio_to_fold_plus_raw_writes": self.bounded_ratio(), "target_at_most": BOUNDED_TARGET},
             "postgres": self.postgres_json(),
@@ -181,9 +174,6 @@ impl Results {
                 target,
                 row["baseline"].as_str().unwrap_or("-"),
             );
-        }
-        if let Some(ratio) = self.sled_indexed_ratio() {
-            println!("migrate JSONL->sled beside a raw insert of every key the store writes: {ratio:.2} (target >= 0.8)");
         }
         if let Some(ratio) = self.bounded_ratio() {
             println!(

@@ -9,8 +9,8 @@
 //! deterministic id ([`crate::upcast::derived_event_id`] of the source id and output index),
 //! append the batch, make it durable, then save a [`MigrationCheckpoint`] holding the last
 //! source position written, the sink's mark and the counts so far. A killed run resumes after
-//! that position: the JSONL sink cuts itself back to its mark, the sled store skips events whose
-//! ids it already holds, so the result equals an uninterrupted run.
+//! that position: the JSONL sink and the sled store cut themselves back to their marks, so the
+//! result equals an uninterrupted run.
 //!
 //! Target streams: the first write of a fresh job to a stream expects the stream not to exist,
 //! so a target stream that already holds other events stops the job. A resumed job cannot tell

@@ -80,6 +80,10 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// A store whose records do not fit together (an index naming a missing record), or one
+    /// written in a layout this version does not read.
+    #[error("store {path}: {reason}")]
+    Damaged { path: PathBuf, reason: String },
     /// An append whose expected revision does not hold.
     #[error("stream {stream}: expected {expected}, but the stream is at {actual}")]
     WrongExpectedRevision {

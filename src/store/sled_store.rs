@@ -1,109 +1,94 @@
 //! The embedded event store on sled (`sled:PATH`).
 //!
-//! Everything lives in one sled tree, under one-byte key prefixes:
-//! - `E` + log position (u64 big-endian) -> the envelope as one JSON line;
-//! - `S` + stream name + `0xFF` + revision (u64 BE) -> log position; `0xFF` never occurs in
-//!   UTF-8, so one stream's keys are one contiguous range;
-//! - `I` + event id (16 bytes) -> log position, for idempotent appends;
-//! - `M` -> the next log position.
+//! The log is stored in segments of consecutive events and each stream as an index of
+//! positions and ids in chunks; [`layout`] has the keys and why they are shaped so.
+//! [`append`](self::append) stages a whole batch and writes it as one atomic sled `Batch`,
+//! flushed before it returns, so once an append returns a kill -9 loses nothing, and a crash
+//! never leaves half a batch. The checks are read from the tree before the batch is applied;
+//! that is safe because sled locks the folder to one process and appends take `&mut self`, so
+//! nothing else writes in between. A second process that opens the store gets
+//! [`StoreError::Locked`].
 //!
-//! A stream's head (its last revision) is the last `S` key of the stream. The store keeps the
-//! heads it has seen in memory (up to [`HEAD_CACHE_STREAMS`] streams, then it starts over), so
-//! most appends look nothing up in sled for the revision check. A head key per stream, written
-//! with every append, cost a quarter of the store's sled writes.
+//! **Idempotency**, as EventStoreDB has it, by stream: an event whose id is among the last
+//! [`CHUNK_EVENTS`](layout::CHUNK_EVENTS) (to twice that) events of its stream is a re-send. With the same type,
+//! version, data and metadata it is skipped and counted as a duplicate; with anything else it
+//! is [`StoreError::IdConflict`]. Ids are not unique across streams, and an event re-sent after
+//! its stream has moved on by more than that window is stored again: a store-wide id index
+//! cost a random sled write and read per event, which made appends five times slower.
+//! The expected-revision check is made against the stream as it was before the first event of
+//! the request, so re-sending a whole request passes it.
 //!
-//! One tree lets [`EventSink::append_batch`] write a whole batch as one atomic sled `Batch`
-//! (much cheaper than a multi-tree transaction) and flush it, so once it returns a kill -9
-//! loses nothing, and a crash never leaves half a batch. The checks are read from the tree
-//! before the batch is applied; that is safe because sled locks the folder to one process and
-//! appends take `&mut self`, so nothing else writes in between.
+//! A migration does not rely on that window: its checkpoint holds the store's length, and a
+//! resumed job first cuts the store back to it ([`cut`](self::cut)), as the JSONL sink cuts
+//! its file.
 //!
-//! Re-appending an event whose id is already stored, with the same stream, type, version, data
-//! and metadata, is a no-op; the same id with anything else is [`StoreError::IdConflict`]. The
-//! expected-revision check is made against the stream as it was before the first event of the
-//! request, so re-sending a whole request after a crash passes it. A second process that opens
-//! the store gets [`StoreError::Locked`].
+//! The store keeps the index chunks at the end of the streams it has written (up to
+//! [`TAIL_CACHE_BYTES`], then it starts over), so most appends read nothing from sled for the
+//! revision and id checks.
+
+mod append;
+mod cut;
+pub mod layout;
 
 use super::{
-    AppendOutcome, AppendRequest, EventSink, EventSource, EventStream, NewEvent, SinkMark,
-    StoreError, StreamState,
+    AppendOutcome, AppendRequest, EventSink, EventSource, EventStream, SinkMark, StoreError,
+    StreamState,
 };
-use crate::event::{validate_stream_name, Event};
+use crate::event::Event;
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use layout::{
+    chunk_key, read_u64, segment_key, segment_lines, stream_prefix, Chunk, LAYOUT, LAYOUT_KEY,
+    NEXT_POSITION, STREAM,
+};
 use rustc_hash::FxHashMap;
 use std::path::{Path, PathBuf};
-use uuid::Uuid;
 
-const EVENT: u8 = b'E';
-const STREAM: u8 = b'S';
-const ID: u8 = b'I';
-const NEXT_POSITION: &[u8] = b"M";
-const STREAM_SEPARATOR: u8 = 0xFF;
-
-/// The most stream heads the store keeps in memory.
-pub const HEAD_CACHE_STREAMS: usize = 100_000;
+/// The most bytes of stream-index chunks the store keeps in memory between appends.
+pub const TAIL_CACHE_BYTES: usize = 16 << 20;
 
 /// The sled event store.
 pub struct SledStore {
     path: PathBuf,
     db: sled::Db,
     tree: sled::Tree,
-    /// Heads of streams as stored (only what committed batches wrote).
-    heads: FxHashMap<String, u64>,
-}
-
-fn event_key(position: u64) -> [u8; 9] {
-    let mut key = [EVENT; 9];
-    key[1..].copy_from_slice(&position.to_be_bytes());
-    key
-}
-
-fn stream_key(stream: &str, revision: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(stream.len() + 10);
-    key.push(STREAM);
-    key.extend_from_slice(stream.as_bytes());
-    key.push(STREAM_SEPARATOR);
-    key.extend_from_slice(&revision.to_be_bytes());
-    key
-}
-
-fn id_key(id: &Uuid) -> [u8; 17] {
-    let mut key = [ID; 17];
-    key[1..].copy_from_slice(id.as_bytes());
-    key
-}
-
-fn read_u64(bytes: &[u8]) -> u64 {
-    let mut buffer = [0u8; 8];
-    let start = bytes.len().saturating_sub(8);
-    buffer[8 - (bytes.len() - start)..].copy_from_slice(&bytes[start..]);
-    u64::from_be_bytes(buffer)
-}
-
-/// What one batch has written so far, before it is applied: the checks of later requests in
-/// the same batch must see it.
-/// `heads` starts as the store's cache of stored heads and goes back to it once the batch is
-/// applied.
-#[derive(Default)]
-struct Pending {
-    heads: FxHashMap<String, u64>,
-    ids: FxHashMap<Uuid, Event>,
+    /// The last index chunks of streams as stored (only what committed batches wrote).
+    tails: FxHashMap<String, append::Tail>,
+    tail_bytes: usize,
 }
 
 impl SledStore {
     /// Opens (or creates) the store in the folder `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = open_db(path).map_err(|source| open_error(path, source))?;
-        let tree = db.open_tree("log").map_err(|source| StoreError::Sled {
+        let sled_error = |source| StoreError::Sled {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let tree = db.open_tree("log").map_err(sled_error)?;
+        match tree.get(LAYOUT_KEY).map_err(sled_error)? {
+            Some(layout) if layout == LAYOUT => {}
+            None if tree.is_empty() => {
+                tree.insert(LAYOUT_KEY, LAYOUT).map_err(sled_error)?;
+            }
+            found => {
+                let found = found.map_or("1".into(), |f| String::from_utf8_lossy(&f).into_owned());
+                return Err(StoreError::Damaged {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "written in layout {found}, and this version of recast reads layout {}; \
+                         export it with the version that wrote it and import it again",
+                        String::from_utf8_lossy(LAYOUT)
+                    ),
+                });
+            }
+        }
         Ok(SledStore {
             path: path.to_path_buf(),
             db,
             tree,
-            heads: FxHashMap::default(),
+            tails: FxHashMap::default(),
+            tail_bytes: 0,
         })
     }
 
@@ -126,6 +111,13 @@ impl SledStore {
         })
     }
 
+    fn missing(&self, position: u64) -> StoreError {
+        StoreError::Damaged {
+            path: self.path.clone(),
+            reason: format!("the index names log position {position}, which is not stored"),
+        }
+    }
+
     /// The number of events in the store (its next log position).
     pub fn len(&self) -> Result<u64, StoreError> {
         Ok(self.get(NEXT_POSITION)?.map_or(0, |bytes| read_u64(&bytes)))
@@ -136,127 +128,57 @@ impl SledStore {
         Ok(self.len()? == 0)
     }
 
-    fn head(&self, stream: &str, pending: &Pending) -> Result<StreamState, StoreError> {
-        if let Some(&revision) = pending.heads.get(stream) {
-            return Ok(StreamState::At(revision));
-        }
-        self.stored_head(stream)
-    }
-
-    /// The last revision of a stream, from its last `S` key.
-    fn stored_head(&self, stream: &str) -> Result<StreamState, StoreError> {
+    /// The segment holding `position`: its first position and its bytes.
+    fn segment_of(&self, position: u64) -> Result<Option<(u64, sled::IVec)>, StoreError> {
         let last = self
             .tree
-            .get_lt(stream_key(stream, u64::MAX))
+            .range(segment_key(0)..=segment_key(position))
+            .next_back();
+        let found = last.transpose().map_err(|e| self.sled_error(e))?;
+        Ok(found.map(|(key, value)| (read_u64(&key), value)))
+    }
+
+    /// The stored event at `position`; `segment` keeps the last segment read, for the next call.
+    fn event_at(
+        &self,
+        position: u64,
+        segment: &mut Option<(u64, sled::IVec)>,
+    ) -> Result<Event, StoreError> {
+        for attempt in 0..2 {
+            if attempt == 1 || segment.as_ref().is_none_or(|(first, _)| *first > position) {
+                *segment = self.segment_of(position)?;
+            }
+            if let Some((first, bytes)) = segment.as_ref() {
+                let index = (position - first) as usize;
+                if let Some(line) = segment_lines(bytes).nth(index) {
+                    return self.decode(position, line);
+                }
+            }
+        }
+        Err(self.missing(position))
+    }
+
+    /// The last chunk of a stream's index (`None`: no stream).
+    fn last_chunk(&self, stream: &str) -> Result<Option<Chunk>, StoreError> {
+        self.chunk_before(stream, u64::MAX)
+    }
+
+    /// The chunk of a stream's index that starts last before revision `before`.
+    fn chunk_before(&self, stream: &str, before: u64) -> Result<Option<Chunk>, StoreError> {
+        let last = self
+            .tree
+            .get_lt(chunk_key(stream, before))
             .map_err(|e| self.sled_error(e))?;
-        let prefix = &stream_key(stream, 0)[..stream.len() + 2];
         Ok(match last {
-            Some((key, _)) if key.starts_with(prefix) => StreamState::At(read_u64(&key)),
-            _ => StreamState::NoStream,
+            Some((key, value)) if key.starts_with(&stream_prefix(stream)) => {
+                Some(Chunk::decode(&key, &value))
+            }
+            _ => None,
         })
     }
 
-    /// The stored event with this id, from the pending batch or the tree.
-    fn stored(&self, id: &Uuid, pending: &Pending) -> Result<Option<Event>, StoreError> {
-        if let Some(event) = pending.ids.get(id) {
-            return Ok(Some(event.clone()));
-        }
-        let Some(position) = self.get(&id_key(id))? else {
-            return Ok(None);
-        };
-        let position = read_u64(&position);
-        let bytes = self.get(&event_key(position))?.unwrap_or_default();
-        self.decode(position, &bytes).map(Some)
-    }
-
-    /// The revision of an already stored copy of `new_event`, or an id conflict.
-    fn duplicate_of(
-        &self,
-        stream: &str,
-        new_event: &NewEvent,
-        pending: &Pending,
-    ) -> Result<Option<u64>, StoreError> {
-        let Some(stored) = self.stored(&new_event.id, pending)? else {
-            return Ok(None);
-        };
-        let same = stored.stream == stream
-            && stored.event_type == new_event.event_type
-            && stored.version == new_event.version
-            && same_json(&stored.data, &new_event.data)
-            && same_json(&stored.metadata, &new_event.metadata);
-        if same {
-            Ok(Some(stored.revision))
-        } else {
-            Err(StoreError::IdConflict {
-                id: new_event.id,
-                existing_stream: stored.stream,
-                existing_revision: stored.revision,
-            })
-        }
-    }
-
-    fn append_request(
-        &self,
-        request: AppendRequest,
-        batch: &mut sled::Batch,
-        pending: &mut Pending,
-        next_position: &mut u64,
-    ) -> Result<AppendOutcome, StoreError> {
-        validate_stream_name(&request.stream)?;
-        let mut outcome = AppendOutcome {
-            last_revision: 0,
-            written: 0,
-            duplicates: 0,
-        };
-        // The head read for the revision check is reused for the first revision: one sled
-        // lookup fewer per request.
-        let mut head = None;
-        for (index, new_event) in request.events.into_iter().enumerate() {
-            let duplicate = self.duplicate_of(&request.stream, &new_event, pending)?;
-            if index == 0 {
-                let before = match duplicate {
-                    Some(revision) => revision
-                        .checked_sub(1)
-                        .map_or(StreamState::NoStream, StreamState::At),
-                    None => *head.insert(self.head(&request.stream, pending)?),
-                };
-                if !before.satisfies(request.expected) {
-                    return Err(StoreError::WrongExpectedRevision {
-                        stream: request.stream,
-                        expected: request.expected,
-                        actual: before,
-                    });
-                }
-            }
-            if let Some(revision) = duplicate {
-                outcome.duplicates += 1;
-                outcome.last_revision = revision;
-                continue;
-            }
-            let revision = match head.take() {
-                Some(state) => state,
-                None => self.head(&request.stream, pending)?,
-            }
-            .next_revision();
-            let event = new_event.into_event(&request.stream, revision, *next_position);
-            let position_bytes = next_position.to_be_bytes();
-            batch.insert(&event_key(*next_position), event.to_json_line().as_bytes());
-            batch.insert(stream_key(&request.stream, revision), &position_bytes);
-            batch.insert(&id_key(&event.id), &position_bytes);
-            pending.heads.insert(request.stream.clone(), revision);
-            pending.ids.insert(event.id, event);
-            *next_position += 1;
-            outcome.written += 1;
-            outcome.last_revision = revision;
-        }
-        Ok(outcome)
-    }
-}
-
-fn same_json(a: &crate::event::Payload, b: &crate::event::Payload) -> bool {
-    match (a.to_value(), b.to_value()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
+    fn last_position(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.len()?.checked_sub(1))
     }
 }
 
@@ -310,29 +232,43 @@ impl EventSource for SledStore {
     }
 
     fn read_all(&self, after: Option<u64>) -> EventStream<'_> {
-        let range = match after {
+        let start = match after {
             Some(u64::MAX) => None,
-            Some(p) => Some(self.tree.range(event_key(p + 1)..=event_key(u64::MAX))),
-            None => Some(self.tree.range(event_key(0)..=event_key(u64::MAX))),
+            Some(p) => Some(p + 1),
+            None => Some(0),
         };
         Box::pin(async_stream::try_stream! {
-            for item in range.into_iter().flatten() {
-                let (key, value) = item.map_err(|e| self.sled_error(e))?;
-                yield self.decode(read_u64(&key), &value)?;
+            if let Some(start) = start {
+                let first = self.segment_of(start)?.map_or(0, |(first, _)| first);
+                for item in self.tree.range(segment_key(first)..=segment_key(u64::MAX)) {
+                    let (key, segment) = item.map_err(|e| self.sled_error(e))?;
+                    let first = read_u64(&key);
+                    for (index, line) in segment_lines(&segment).enumerate() {
+                        let position = first + index as u64;
+                        if position >= start {
+                            yield self.decode(position, line)?;
+                        }
+                    }
+                }
             }
         })
     }
 
     fn read_stream<'a>(&'a self, stream: &'a str, from_revision: u64) -> EventStream<'a> {
-        let range = self
-            .tree
-            .range(stream_key(stream, from_revision)..=stream_key(stream, u64::MAX));
         Box::pin(async_stream::try_stream! {
-            for item in range {
-                let (_, position) = item.map_err(|e| self.sled_error(e))?;
-                let position = read_u64(&position);
-                let bytes = self.get(&event_key(position))?;
-                yield self.decode(position, &bytes.unwrap_or_default())?;
+            let first = self
+                .chunk_before(stream, from_revision.saturating_add(1))?
+                .map_or(from_revision, |chunk| chunk.first);
+            let chunks = self.tree.range(chunk_key(stream, first)..=chunk_key(stream, u64::MAX));
+            let mut segment = None;
+            for item in chunks {
+                let (key, value) = item.map_err(|e| self.sled_error(e))?;
+                let chunk = Chunk::decode(&key, &value);
+                for (revision, position) in chunk.entries() {
+                    if revision >= from_revision {
+                        yield self.event_at(position, &mut segment)?;
+                    }
+                }
             }
         })
     }
@@ -343,7 +279,7 @@ impl EventSource for SledStore {
 
     fn list_streams(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
         async move {
-            // One seek per stream: from each stream's first `S` key, jump past its last one.
+            // One seek per stream: from each stream's first chunk key, jump past its last one.
             let mut streams = Vec::new();
             let mut cursor = vec![STREAM];
             while let Some((key, _)) = self.tree.get_gt(&cursor).map_err(|e| self.sled_error(e))? {
@@ -363,12 +299,6 @@ impl EventSource for SledStore {
     }
 }
 
-impl SledStore {
-    fn last_position(&self) -> Result<Option<u64>, StoreError> {
-        Ok(self.len()?.checked_sub(1))
-    }
-}
-
 impl EventSink for SledStore {
     fn describe(&self) -> String {
         format!("sled:{}", self.path.display())
@@ -379,10 +309,11 @@ impl EventSink for SledStore {
         stream: &'a str,
     ) -> BoxFuture<'a, Result<StreamState, StoreError>> {
         async move {
-            match self.heads.get(stream) {
-                Some(&revision) => Ok(StreamState::At(revision)),
-                None => self.stored_head(stream),
-            }
+            let last = match self.tails.get(stream) {
+                Some(tail) => tail.last.last_revision(),
+                None => self.last_chunk(stream)?.and_then(|c| c.last_revision()),
+            };
+            Ok(last.map_or(StreamState::NoStream, StreamState::At))
         }
         .boxed()
     }
@@ -391,34 +322,7 @@ impl EventSink for SledStore {
         &mut self,
         batch: Vec<AppendRequest>,
     ) -> BoxFuture<'_, Result<Vec<AppendOutcome>, StoreError>> {
-        async move {
-            let mut writes = sled::Batch::default();
-            // Taken, not borrowed: if the batch fails, the heads it staged are dropped with it.
-            let mut pending = Pending {
-                heads: std::mem::take(&mut self.heads),
-                ids: FxHashMap::default(),
-            };
-            let mut next_position = self.len()?;
-            let mut outcomes = Vec::with_capacity(batch.len());
-            for request in batch {
-                outcomes.push(self.append_request(
-                    request,
-                    &mut writes,
-                    &mut pending,
-                    &mut next_position,
-                )?);
-            }
-            writes.insert(NEXT_POSITION, &next_position.to_be_bytes());
-            self.tree
-                .apply_batch(writes)
-                .map_err(|e| self.sled_error(e))?;
-            self.db.flush().map_err(|e| self.sled_error(e))?;
-            if pending.heads.len() <= HEAD_CACHE_STREAMS {
-                self.heads = pending.heads;
-            }
-            Ok(outcomes)
-        }
-        .boxed()
+        async move { self.append(batch) }.boxed()
     }
 
     fn commit(&mut self) -> BoxFuture<'_, Result<SinkMark, StoreError>> {
@@ -429,13 +333,20 @@ impl EventSink for SledStore {
         .boxed()
     }
 
-    /// The sled store needs nothing back from a mark: appends are idempotent by event id, and
-    /// a fresh job's first write to each stream checks that the stream does not exist yet.
+    /// On resume, cuts the store back to the checkpoint's length: what a killed job appended
+    /// after its last checkpoint is written again, by the same job, with the same ids. A fresh
+    /// job needs nothing: its first write to each stream checks that the stream does not exist.
     fn restore<'a>(
         &'a mut self,
-        _mark: Option<&'a SinkMark>,
+        mark: Option<&'a SinkMark>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        async move { Ok(()) }.boxed()
+        async move {
+            match mark {
+                Some(mark) => self.cut_back_to(mark).await,
+                None => Ok(()),
+            }
+        }
+        .boxed()
     }
 }
 
@@ -443,7 +354,7 @@ impl EventSink for SledStore {
 mod tests {
     use super::*;
     use crate::event::Payload;
-    use crate::store::ExpectedRevision;
+    use crate::store::{ExpectedRevision, NewEvent};
     use futures::TryStreamExt;
     use serde_json::json;
     use uuid::Uuid;
@@ -512,18 +423,168 @@ mod tests {
             matches!(wrong, Err(StoreError::WrongExpectedRevision { .. })),
             "{wrong:?}"
         );
+        // The same id with other data in the same stream is a conflict; ids are per stream.
         let conflict = store
             .append_batch(vec![request(
-                "b-1",
+                "a-1",
                 ExpectedRevision::Any,
                 vec![new_event(1, 9)],
             )])
             .await;
         assert!(
-            matches!(conflict, Err(StoreError::IdConflict { .. })),
+            matches!(
+                conflict,
+                Err(StoreError::IdConflict {
+                    existing_revision: 0,
+                    ..
+                })
+            ),
             "{conflict:?}"
         );
         assert_eq!(store.len().unwrap(), 2);
+        let other_stream = store
+            .append_batch(vec![request(
+                "b-1",
+                ExpectedRevision::Any,
+                vec![new_event(1, 9)],
+            )])
+            .await
+            .unwrap();
+        assert_eq!(other_stream[0].written, 1);
+    }
+
+    /// Appends `count` events to `stream` one request each, in batches of `per_batch`.
+    async fn append_many(
+        store: &mut SledStore,
+        stream: &str,
+        ids: std::ops::Range<u128>,
+        per_batch: usize,
+    ) {
+        let ids: Vec<u128> = ids.collect();
+        for batch in ids.chunks(per_batch) {
+            let requests = batch
+                .iter()
+                .map(|&n| request(stream, ExpectedRevision::Any, vec![new_event(n, n as u64)]))
+                .collect();
+            store.append_batch(requests).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn long_streams_span_index_chunks_and_re_sends_within_the_window_are_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SledStore::open(dir.path()).unwrap();
+        // 600 events: three chunks; a 2 KiB payload each makes about 20 segments.
+        append_many(&mut store, "long", 0..600, 70).await;
+        let big = NewEvent {
+            data: Payload::Parsed(json!({ "blob": "x".repeat(100_000) })),
+            ..new_event(1000, 0)
+        };
+        store
+            .append_batch(vec![request(
+                "other",
+                ExpectedRevision::NoStream,
+                vec![big],
+            )])
+            .await
+            .unwrap();
+        drop(store);
+        let mut store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.stream_state("long").await.unwrap(),
+            StreamState::At(599)
+        );
+        let tail: Vec<Event> = store.read_stream("long", 250).try_collect().await.unwrap();
+        assert_eq!(tail.len(), 350);
+        assert!(
+            tail.iter()
+                .enumerate()
+                .all(|(i, e)| e.revision == 250 + i as u64
+                    && e.id == Uuid::from_u128(250 + i as u128))
+        );
+        let all: Vec<Event> = store.read_all(Some(298)).try_collect().await.unwrap();
+        assert_eq!(all.len(), 302);
+        assert_eq!(all[0].position, Some(299));
+        assert_eq!(
+            all[301].data.to_value().unwrap()["blob"]
+                .as_str()
+                .map(str::len),
+            Some(100_000)
+        );
+        // Event 400 is among the last 256 events of its stream: sent again, it is skipped.
+        let again = store
+            .append_batch(vec![request(
+                "long",
+                ExpectedRevision::Any,
+                vec![new_event(400, 400)],
+            )])
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                again[0].written,
+                again[0].duplicates,
+                again[0].last_revision
+            ),
+            (0, 1, 400)
+        );
+        assert_eq!(store.len().unwrap(), 601);
+    }
+
+    #[tokio::test]
+    async fn a_resumed_job_cuts_the_store_back_to_its_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SledStore::open(dir.path()).unwrap();
+        append_many(&mut store, "a-1", 0..300, 100).await;
+        append_many(&mut store, "b-1", 300..310, 10).await;
+        let mark = store.commit().await.unwrap();
+        let before: Vec<Event> = store.read_all(None).try_collect().await.unwrap();
+        append_many(&mut store, "a-1", 310..320, 3).await;
+        append_many(&mut store, "c-1", 320..330, 4).await;
+        append_many(&mut store, "b-1", 330..331, 1).await;
+        assert_eq!(store.len().unwrap(), 331);
+        store.restore(Some(&mark)).await.unwrap();
+        let after: Vec<Event> = store.read_all(None).try_collect().await.unwrap();
+        assert_eq!(
+            after.iter().map(Event::to_json_line).collect::<Vec<_>>(),
+            before.iter().map(Event::to_json_line).collect::<Vec<_>>()
+        );
+        assert_eq!(store.list_streams().await.unwrap(), vec!["a-1", "b-1"]);
+        assert_eq!(
+            store.stream_state("a-1").await.unwrap(),
+            StreamState::At(299)
+        );
+        // Written again after the cut, the events get the same revisions and positions.
+        append_many(&mut store, "a-1", 310..320, 3).await;
+        let a: Vec<Event> = store.read_stream("a-1", 300).try_collect().await.unwrap();
+        assert_eq!(
+            a.iter()
+                .map(|e| (e.revision, e.position))
+                .collect::<Vec<_>>(),
+            (0..10)
+                .map(|i| (300 + i, Some(310 + i)))
+                .collect::<Vec<_>>()
+        );
+        let too_long = serde_json::json!({ "events": 10_000 });
+        assert!(matches!(
+            store.restore(Some(&too_long)).await,
+            Err(StoreError::BadMark { .. })
+        ));
+    }
+
+    #[test]
+    fn a_store_in_another_layout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("log")
+                .unwrap()
+                .insert(b"E\0\0\0\0\0\0\0\0", b"{}")
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let err = SledStore::open(dir.path()).err().expect("refused");
+        assert!(err.to_string().contains("layout 1"), "{err}");
     }
 
     #[tokio::test]
