@@ -28,6 +28,7 @@
 
 mod append;
 mod cut;
+pub mod index;
 pub mod layout;
 
 use super::{
@@ -38,8 +39,7 @@ use crate::event::Event;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use layout::{
-    chunk_key, read_u64, segment_key, segment_lines, stream_prefix, Chunk, LAYOUT, LAYOUT_KEY,
-    NEXT_POSITION, STREAM,
+    read_u64, segment_key, segment_lines, Chunk, LAYOUT, LAYOUT_KEY, NEXT_POSITION, STREAM,
 };
 use rustc_hash::FxHashMap;
 use std::path::{Path, PathBuf};
@@ -55,6 +55,8 @@ pub struct SledStore {
     /// The last index chunks of streams as stored (only what committed batches wrote).
     tails: FxHashMap<String, append::Tail>,
     tail_bytes: usize,
+    /// Index chunks changed since the index was last written.
+    index: index::IndexBuffer,
 }
 
 impl SledStore {
@@ -83,13 +85,16 @@ impl SledStore {
                 });
             }
         }
-        Ok(SledStore {
+        let mut store = SledStore {
             path: path.to_path_buf(),
             db,
             tree,
             tails: FxHashMap::default(),
             tail_bytes: 0,
-        })
+            index: index::IndexBuffer::default(),
+        };
+        store.reindex()?;
+        Ok(store)
     }
 
     fn sled_error(&self, source: sled::Error) -> StoreError {
@@ -161,20 +166,6 @@ impl SledStore {
     /// The last chunk of a stream's index (`None`: no stream).
     fn last_chunk(&self, stream: &str) -> Result<Option<Chunk>, StoreError> {
         self.chunk_before(stream, u64::MAX)
-    }
-
-    /// The chunk of a stream's index that starts last before revision `before`.
-    fn chunk_before(&self, stream: &str, before: u64) -> Result<Option<Chunk>, StoreError> {
-        let last = self
-            .tree
-            .get_lt(chunk_key(stream, before))
-            .map_err(|e| self.sled_error(e))?;
-        Ok(match last {
-            Some((key, value)) if key.starts_with(&stream_prefix(stream)) => {
-                Some(Chunk::decode(&key, &value))
-            }
-            _ => None,
-        })
     }
 
     fn last_position(&self) -> Result<Option<u64>, StoreError> {
@@ -259,16 +250,17 @@ impl EventSource for SledStore {
             let first = self
                 .chunk_before(stream, from_revision.saturating_add(1))?
                 .map_or(from_revision, |chunk| chunk.first);
-            let chunks = self.tree.range(chunk_key(stream, first)..=chunk_key(stream, u64::MAX));
+            let mut next = self.chunk_at(stream, first)?;
             let mut segment = None;
-            for item in chunks {
-                let (key, value) = item.map_err(|e| self.sled_error(e))?;
-                let chunk = Chunk::decode(&key, &value);
+            while let Some(chunk) = next {
                 for (revision, position) in chunk.entries() {
                     if revision >= from_revision {
                         yield self.event_at(position, &mut segment)?;
                     }
                 }
+                // Chunks are contiguous, and only a stream's last chunk is not full.
+                let after = chunk.first + chunk.len() as u64;
+                next = if chunk.is_full() { self.chunk_at(stream, after)? } else { None };
             }
         })
     }
@@ -291,11 +283,25 @@ impl EventSource for SledStore {
                 cursor = key[..key.len() - 8].to_vec();
                 cursor.extend_from_slice(&[0xFF; 8]);
             }
+            for (key, _) in self.index.iter() {
+                streams.push(String::from_utf8_lossy(&key[1..key.len() - 9]).into_owned());
+            }
             // Index order puts "a-1" before "a" (the separator sorts last); list by name.
             streams.sort_unstable();
+            streams.dedup();
             Ok(streams)
         }
         .boxed()
+    }
+}
+
+/// Writes the index buffer, so that the next open has nothing to re-index. A failure here
+/// loses nothing: the next open re-indexes from the log.
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        if self.flush_index().is_ok() {
+            let _ = self.db.flush();
+        }
     }
 }
 
@@ -570,6 +576,63 @@ mod tests {
             store.restore(Some(&too_long)).await,
             Err(StoreError::BadMark { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn an_index_left_behind_by_a_crash_is_rebuilt_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = SledStore::open(dir.path()).unwrap();
+            append_many(&mut store, "a-1", 0..300, 100).await;
+            append_many(&mut store, "b-1", 300..305, 5).await;
+        }
+        // What a killed process leaves: a flushed segment and next position, no index.
+        let crashed = [
+            ("a-1", 300, 305),
+            ("a-1", 301, 306),
+            ("b-1", 5, 307),
+            ("a-1", 302, 308),
+        ];
+        let mut segment = Vec::new();
+        for (stream, revision, position) in crashed {
+            let event = new_event(position as u128, 0);
+            serde_json::to_writer(&mut segment, &event.envelope(stream, revision, position))
+                .unwrap();
+            segment.push(b'\n');
+        }
+        {
+            let tree = sled::open(dir.path()).unwrap().open_tree("log").unwrap();
+            tree.insert(layout::segment_key(305), segment).unwrap();
+            tree.insert(NEXT_POSITION, &309u64.to_be_bytes()).unwrap();
+            tree.flush().unwrap();
+        }
+        let mut store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.stream_state("a-1").await.unwrap(),
+            StreamState::At(302)
+        );
+        assert_eq!(store.stream_state("b-1").await.unwrap(), StreamState::At(5));
+        let a: Vec<Event> = store.read_stream("a-1", 299).try_collect().await.unwrap();
+        assert_eq!(
+            a.iter()
+                .map(|e| (e.revision, e.position))
+                .collect::<Vec<_>>(),
+            vec![
+                (299, Some(299)),
+                (300, Some(305)),
+                (301, Some(306)),
+                (302, Some(308))
+            ]
+        );
+        let next = store
+            .append_batch(vec![request(
+                "a-1",
+                ExpectedRevision::Exact(302),
+                vec![new_event(999, 0)],
+            )])
+            .await
+            .unwrap();
+        assert_eq!(next[0].last_revision, 303);
     }
 
     #[test]

@@ -5,8 +5,9 @@
 use super::layout::{chunk_key, cut_segments, segment_key, Chunk, NEXT_POSITION};
 use super::{SledStore, TAIL_CACHE_BYTES};
 use crate::event::{validate_stream_name, Event, Payload};
-use crate::store::StreamState;
-use crate::store::{AppendOutcome, AppendRequest, ExpectedRevision, NewEvent, StoreError};
+use crate::store::{
+    AppendOutcome, AppendRequest, ExpectedRevision, NewEvent, StoreError, StreamState,
+};
 use rustc_hash::FxHashMap;
 
 /// The end of one stream's index: its last chunk, and the chunk before it when the last is
@@ -25,10 +26,36 @@ impl Tail {
         self.last.entries.len() + self.previous.as_ref().map_or(0, |c| c.entries.len())
     }
 
-    fn state(&self) -> StreamState {
+    pub fn state(&self) -> StreamState {
         self.last
             .last_revision()
             .map_or(StreamState::NoStream, StreamState::At)
+    }
+
+    pub fn next_revision(&self) -> u64 {
+        self.state().next_revision()
+    }
+
+    /// Adds an event at the stream's next revision. A full last chunk is closed first, and
+    /// goes to `full_chunks` (under its key) when this batch changed it.
+    pub fn push(
+        &mut self,
+        stream: &str,
+        position: u64,
+        id: &uuid::Uuid,
+        full_chunks: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    ) {
+        let revision = self.next_revision();
+        if self.last.is_full() {
+            let full = std::mem::take(&mut self.last);
+            if self.dirty {
+                full_chunks.push((chunk_key(stream, full.first), full.entries.clone()));
+            }
+            self.previous = Some(full);
+            self.last.first = revision;
+        }
+        self.last.push(position, id);
+        self.dirty = true;
     }
 
     /// The revision and position of the event with this id, within the window.
@@ -90,7 +117,7 @@ impl SledStore {
 
     /// A stream's tail, from the cache (taken out of it: a failed batch drops what it staged)
     /// or from the tree.
-    fn load_tail(&mut self, stream: &str) -> Result<Tail, StoreError> {
+    pub(super) fn load_tail(&mut self, stream: &str) -> Result<Tail, StoreError> {
         if let Some(tail) = self.tails.remove(stream) {
             self.tail_bytes = self.tail_bytes.saturating_sub(tail.bytes() + stream.len());
             return Ok(tail);
@@ -140,17 +167,7 @@ impl SledStore {
             serde_json::to_writer(&mut staged.lines, &envelope)
                 .expect("an envelope always serializes");
             staged.lines.push(b'\n');
-            if tail.last.is_full() {
-                let full = std::mem::take(&mut tail.last);
-                if tail.dirty {
-                    let key = chunk_key(stream, full.first);
-                    staged.full_chunks.push((key, full.entries.clone()));
-                }
-                tail.previous = Some(full);
-                tail.last.first = revision;
-            }
-            tail.last.push(position, &new_event.id);
-            tail.dirty = true;
+            tail.push(stream, position, &new_event.id, &mut staged.full_chunks);
             staged.next_position += 1;
             outcome.written += 1;
             outcome.last_revision = revision;
@@ -186,26 +203,29 @@ impl SledStore {
         }
     }
 
+    /// Writes the batch's segments and next position, flushed; its index changes go to the
+    /// index buffer.
     fn write(&mut self, staged: Staged) -> Result<(), StoreError> {
         let mut writes = sled::Batch::default();
         for (first, segment) in cut_segments(staged.first_position, &staged.lines, &staged.starts) {
             writes.insert(&segment_key(first), segment);
-        }
-        for (key, entries) in staged.full_chunks {
-            writes.insert(key, entries);
-        }
-        for (stream, tail) in staged.tails.iter().filter(|(_, tail)| tail.dirty) {
-            writes.insert(
-                chunk_key(stream, tail.last.first),
-                tail.last.entries.as_slice(),
-            );
         }
         writes.insert(NEXT_POSITION, &staged.next_position.to_be_bytes());
         self.tree
             .apply_batch(writes)
             .map_err(|e| self.sled_error(e))?;
         self.db.flush().map_err(|e| self.sled_error(e))?;
+        for (key, entries) in staged.full_chunks {
+            self.index.insert(key, entries);
+        }
+        for (stream, tail) in staged.tails.iter().filter(|(_, tail)| tail.dirty) {
+            let key = chunk_key(stream, tail.last.first);
+            self.index.insert(key, tail.last.entries.clone());
+        }
         self.keep_tails(staged.tails);
+        if self.index.is_full() {
+            self.flush_index()?;
+        }
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! Cutting the sled event store back to a checkpoint's length, for a resumed job: the events
 //! after it leave the log, and their streams' indexes lose them, in one sled batch.
 
-use super::layout::{chunk_key, segment_key, segment_prefix, NEXT_POSITION};
+use super::layout::{chunk_key, segment_key, segment_prefix, INDEXED_TO, NEXT_POSITION};
 use super::SledStore;
 use crate::store::{EventSource, SinkMark, StoreError};
 use futures::TryStreamExt;
@@ -27,6 +27,7 @@ impl SledStore {
         if length == keep {
             return Ok(());
         }
+        self.flush_index()?;
         // The first revision each stream loses: its first event after the cut.
         let mut cuts: FxHashMap<String, u64> = FxHashMap::default();
         {
@@ -41,6 +42,7 @@ impl SledStore {
         }
         self.cut_segments(keep, &mut writes)?;
         writes.insert(NEXT_POSITION, &keep.to_be_bytes());
+        writes.insert(INDEXED_TO, &keep.to_be_bytes());
         self.tree
             .apply_batch(writes)
             .map_err(|e| self.sled_error(e))?;

@@ -9,7 +9,8 @@
 //!   for consecutive revisions, each event's log position (u64 BE) and id (16 bytes), up to
 //!   [`CHUNK_EVENTS`] of them. `0xFF` never occurs in UTF-8, so one stream's chunks are one
 //!   contiguous key range, and its head is the end of its last chunk.
-//! - `M` -> the next log position; `F` -> the layout version ([`LAYOUT`]).
+//! - `M` -> the next log position; `X` -> the first log position the stored index does not
+//!   cover yet (see [`super::index`]); `F` -> the layout version ([`LAYOUT`]).
 //!
 //! Why this shape: sled's cost is per key written and per page touched. A key per event (and
 //! a second and third for the stream and id indexes) spread every batch over thousands of
@@ -24,6 +25,7 @@ pub(super) const SEGMENT: u8 = b'E';
 pub(super) const STREAM: u8 = b'S';
 pub(super) const NEXT_POSITION: &[u8] = b"M";
 pub(super) const LAYOUT_KEY: &[u8] = b"F";
+pub(super) const INDEXED_TO: &[u8] = b"X";
 /// The layout version this code reads and writes; a store without it (or with another) is
 /// refused rather than misread.
 pub const LAYOUT: &[u8] = b"2";
