@@ -30,6 +30,7 @@ mod append;
 mod cut;
 pub mod index;
 pub mod layout;
+mod log_file;
 
 use super::{
     AppendOutcome, AppendRequest, EventSink, EventSource, EventStream, SinkMark, StoreError,
@@ -39,7 +40,8 @@ use crate::event::Event;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use layout::{
-    read_u64, segment_key, segment_lines, Chunk, LAYOUT, LAYOUT_KEY, NEXT_POSITION, STREAM,
+    decode_segment, read_u64, segment_key, segment_lines, Chunk, LAYOUT, LAYOUT_KEY, LOG_BYTES,
+    NEXT_POSITION, STREAM,
 };
 use rustc_hash::FxHashMap;
 use std::path::{Path, PathBuf};
@@ -57,6 +59,7 @@ pub struct SledStore {
     tail_bytes: usize,
     /// Index chunks changed since the index was last written.
     index: index::IndexBuffer,
+    log: log_file::LogFile,
 }
 
 impl SledStore {
@@ -85,7 +88,10 @@ impl SledStore {
                 });
             }
         }
+        let committed = tree.get(LOG_BYTES).map_err(sled_error)?;
+        let log = log_file::LogFile::open(path, committed.map_or(0, |bytes| read_u64(&bytes)))?;
         let mut store = SledStore {
+            log,
             path: path.to_path_buf(),
             db,
             tree,
@@ -133,21 +139,47 @@ impl SledStore {
         Ok(self.len()? == 0)
     }
 
-    /// The segment holding `position`: its first position and its bytes.
-    fn segment_of(&self, position: u64) -> Result<Option<(u64, sled::IVec)>, StoreError> {
+    /// The segment holding `position`: its first position, and where its lines are.
+    fn segment_entry(&self, position: u64) -> Result<Option<(u64, u64, usize)>, StoreError> {
         let last = self
             .tree
             .range(segment_key(0)..=segment_key(position))
             .next_back();
         let found = last.transpose().map_err(|e| self.sled_error(e))?;
-        Ok(found.map(|(key, value)| (read_u64(&key), value)))
+        Ok(found.map(|(key, value)| {
+            let (offset, len) = decode_segment(&value);
+            (read_u64(&key), offset, len)
+        }))
+    }
+
+    /// The segment holding `position`: its first position and its lines.
+    fn segment_of(&self, position: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        match self.segment_entry(position)? {
+            Some((first, offset, len)) => Ok(Some((first, self.log.read(offset, len)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// The segments from the one holding `position` to the end of the log, as in
+    /// [`segment_of`](Self::segment_of).
+    fn segments_from(
+        &self,
+        position: u64,
+    ) -> Result<impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_, StoreError> {
+        let first = self.segment_entry(position)?.map_or(0, |(first, ..)| first);
+        let keys = self.tree.range(segment_key(first)..=segment_key(u64::MAX));
+        Ok(keys.map(move |item| {
+            let (key, value) = item.map_err(|e| self.sled_error(e))?;
+            let (offset, len) = decode_segment(&value);
+            Ok((read_u64(&key), self.log.read(offset, len)?))
+        }))
     }
 
     /// The stored event at `position`; `segment` keeps the last segment read, for the next call.
     fn event_at(
         &self,
         position: u64,
-        segment: &mut Option<(u64, sled::IVec)>,
+        segment: &mut Option<(u64, Vec<u8>)>,
     ) -> Result<Event, StoreError> {
         for attempt in 0..2 {
             if attempt == 1 || segment.as_ref().is_none_or(|(first, _)| *first > position) {
@@ -230,10 +262,8 @@ impl EventSource for SledStore {
         };
         Box::pin(async_stream::try_stream! {
             if let Some(start) = start {
-                let first = self.segment_of(start)?.map_or(0, |(first, _)| first);
-                for item in self.tree.range(segment_key(first)..=segment_key(u64::MAX)) {
-                    let (key, segment) = item.map_err(|e| self.sled_error(e))?;
-                    let first = read_u64(&key);
+                for segment in self.segments_from(start)? {
+                    let (first, segment) = segment?;
                     for (index, line) in segment_lines(&segment).enumerate() {
                         let position = first + index as u64;
                         if position >= start {
@@ -586,7 +616,7 @@ mod tests {
             append_many(&mut store, "a-1", 0..300, 100).await;
             append_many(&mut store, "b-1", 300..305, 5).await;
         }
-        // What a killed process leaves: a flushed segment and next position, no index.
+        // What a killed process leaves: its last batch in the log and committed, no index.
         let crashed = [
             ("a-1", 300, 305),
             ("a-1", 301, 306),
@@ -602,8 +632,14 @@ mod tests {
         }
         {
             let tree = sled::open(dir.path()).unwrap().open_tree("log").unwrap();
-            tree.insert(layout::segment_key(305), segment).unwrap();
+            let offset = read_u64(&tree.get(LOG_BYTES).unwrap().unwrap());
+            let log = log_file::LogFile::open(dir.path(), offset).unwrap();
+            log.append(offset, &segment).unwrap();
+            let value = layout::encode_segment(offset, segment.len());
+            tree.insert(layout::segment_key(305), &value).unwrap();
             tree.insert(NEXT_POSITION, &309u64.to_be_bytes()).unwrap();
+            let length = offset + segment.len() as u64;
+            tree.insert(LOG_BYTES, &length.to_be_bytes()).unwrap();
             tree.flush().unwrap();
         }
         let mut store = SledStore::open(dir.path()).unwrap();

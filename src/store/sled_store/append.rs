@@ -2,7 +2,8 @@
 //! chunk at the end of each stream it touches), checked request by request, then written as
 //! one sled batch.
 
-use super::layout::{chunk_key, cut_segments, segment_key, Chunk, NEXT_POSITION};
+use super::layout::{chunk_key, cut_segments, encode_segment, read_u64, segment_key, Chunk};
+use super::layout::{LOG_BYTES, NEXT_POSITION};
 use super::{SledStore, TAIL_CACHE_BYTES};
 use crate::event::{validate_stream_name, Event, Payload};
 use crate::store::{
@@ -122,6 +123,11 @@ impl SledStore {
             self.tail_bytes = self.tail_bytes.saturating_sub(tail.bytes() + stream.len());
             return Ok(tail);
         }
+        self.read_tail(stream)
+    }
+
+    /// A stream's tail, from the index buffer or the tree.
+    pub(super) fn read_tail(&self, stream: &str) -> Result<Tail, StoreError> {
         let Some(last) = self.last_chunk(stream)? else {
             return Ok(Tail::default());
         };
@@ -203,14 +209,21 @@ impl SledStore {
         }
     }
 
-    /// Writes the batch's segments and next position, flushed; its index changes go to the
-    /// index buffer.
+    /// Appends the batch's lines to the log file, then commits its segments, the next position
+    /// and the log's length in sled, flushed; its index changes go to the index buffer.
     fn write(&mut self, staged: Staged) -> Result<(), StoreError> {
-        let mut writes = sled::Batch::default();
-        for (first, segment) in cut_segments(staged.first_position, &staged.lines, &staged.starts) {
-            writes.insert(&segment_key(first), segment);
+        let offset = self.get(LOG_BYTES)?.map_or(0, |bytes| read_u64(&bytes));
+        if !staged.lines.is_empty() {
+            self.log.append(offset, &staged.lines)?;
         }
+        let mut writes = sled::Batch::default();
+        for (first, range) in cut_segments(staged.first_position, &staged.lines, &staged.starts) {
+            let value = encode_segment(offset + range.start as u64, range.len());
+            writes.insert(&segment_key(first), &value);
+        }
+        let length = offset + staged.lines.len() as u64;
         writes.insert(NEXT_POSITION, &staged.next_position.to_be_bytes());
+        writes.insert(LOG_BYTES, &length.to_be_bytes());
         self.tree
             .apply_batch(writes)
             .map_err(|e| self.sled_error(e))?;

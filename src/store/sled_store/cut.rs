@@ -1,7 +1,8 @@
 //! Cutting the sled event store back to a checkpoint's length, for a resumed job: the events
 //! after it leave the log, and their streams' indexes lose them, in one sled batch.
 
-use super::layout::{chunk_key, segment_key, segment_prefix, INDEXED_TO, NEXT_POSITION};
+use super::layout::{chunk_key, encode_segment, segment_key, segment_prefix};
+use super::layout::{INDEXED_TO, LOG_BYTES, NEXT_POSITION};
 use super::SledStore;
 use crate::store::{EventSource, SinkMark, StoreError};
 use futures::TryStreamExt;
@@ -40,13 +41,16 @@ impl SledStore {
         for (stream, &revision) in &cuts {
             self.cut_stream(stream, revision, &mut writes)?;
         }
-        self.cut_segments(keep, &mut writes)?;
+        let log_bytes = self.cut_segments(keep, &mut writes)?;
         writes.insert(NEXT_POSITION, &keep.to_be_bytes());
         writes.insert(INDEXED_TO, &keep.to_be_bytes());
+        writes.insert(LOG_BYTES, &log_bytes.to_be_bytes());
         self.tree
             .apply_batch(writes)
             .map_err(|e| self.sled_error(e))?;
         self.db.flush().map_err(|e| self.sled_error(e))?;
+        // After the commit: a crash before this cut is finished by the next open.
+        self.log.truncate(log_bytes)?;
         self.tails.clear();
         self.tail_bytes = 0;
         Ok(())
@@ -74,16 +78,22 @@ impl SledStore {
         Ok(())
     }
 
-    /// Removes positions `keep..` from the log's segments.
-    fn cut_segments(&self, keep: u64, writes: &mut sled::Batch) -> Result<(), StoreError> {
-        if let Some((first, segment)) = self.segment_of(keep)?.filter(|(first, _)| *first < keep) {
-            let kept = segment_prefix(&segment, (keep - first) as usize);
-            writes.insert(&segment_key(first), kept);
-        }
+    /// Removes positions `keep..` from the log's segments; returns the log's new length.
+    fn cut_segments(&self, keep: u64, writes: &mut sled::Batch) -> Result<u64, StoreError> {
+        let log_bytes = match self.segment_entry(keep)? {
+            Some((first, offset, len)) if first < keep => {
+                let lines = self.log.read(offset, len)?;
+                let kept = segment_prefix(&lines, (keep - first) as usize).len();
+                writes.insert(&segment_key(first), &encode_segment(offset, kept));
+                offset + kept as u64
+            }
+            Some((_, offset, _)) => offset,
+            None => 0,
+        };
         for item in self.tree.range(segment_key(keep)..=segment_key(u64::MAX)) {
             let (key, _) = item.map_err(|e| self.sled_error(e))?;
             writes.remove(key);
         }
-        Ok(())
+        Ok(log_bytes)
     }
 }

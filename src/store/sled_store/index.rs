@@ -12,7 +12,7 @@
 //! segments ([`SledStore::reindex`]), so a kill -9 loses no index entry either.
 
 use super::append::Tail;
-use super::layout::{chunk_key, read_u64, segment_key, segment_lines, stream_prefix, Chunk};
+use super::layout::{chunk_key, read_u64, segment_lines, stream_prefix, Chunk};
 use super::layout::{INDEXED_TO, NEXT_POSITION};
 use super::SledStore;
 use crate::store::StoreError;
@@ -23,6 +23,11 @@ use uuid::Uuid;
 
 /// The most bytes of changed index chunks kept in memory before they are written.
 pub const INDEX_BUFFER_BYTES: usize = 16 << 20;
+
+/// Chunks per sled batch when the buffer is written. sled copies a leaf for every key it
+/// inserts and frees the copies only when the batch ends: one batch of the whole buffer
+/// (about 50,000 chunks) took the process from 70 MB to 300 MB.
+const CHUNKS_PER_WRITE: usize = 1_000;
 
 /// Index chunks changed since the index was last written, by chunk key.
 #[derive(Debug, Default)]
@@ -94,20 +99,30 @@ impl SledStore {
         Ok(self.get(&key)?.map(|entries| Chunk::decode(&key, &entries)))
     }
 
-    /// Writes the buffered chunks, and how far the index now reaches, as one sled batch.
+    /// Writes the buffered chunks, then how far the index now reaches. A crash in between
+    /// leaves chunks ahead of `X`; [`reindex`](Self::reindex) skips what they already hold.
     pub(super) fn flush_index(&mut self) -> Result<(), StoreError> {
         let length = self.len()?;
         if self.index.chunks.is_empty() && self.indexed_to()? == length {
             return Ok(());
         }
-        let mut writes = sled::Batch::default();
-        for (key, entries) in std::mem::take(&mut self.index).chunks {
-            writes.insert(key, entries);
+        let mut chunks = std::mem::take(&mut self.index)
+            .chunks
+            .into_iter()
+            .peekable();
+        while chunks.peek().is_some() {
+            let mut writes = sled::Batch::default();
+            for (key, entries) in chunks.by_ref().take(CHUNKS_PER_WRITE) {
+                writes.insert(key, entries);
+            }
+            self.tree
+                .apply_batch(writes)
+                .map_err(|e| self.sled_error(e))?;
         }
-        writes.insert(INDEXED_TO, &length.to_be_bytes());
         self.tree
-            .apply_batch(writes)
-            .map_err(|e| self.sled_error(e))
+            .insert(INDEXED_TO, &length.to_be_bytes())
+            .map_err(|e| self.sled_error(e))?;
+        Ok(())
     }
 
     fn indexed_to(&self) -> Result<u64, StoreError> {
@@ -121,12 +136,10 @@ impl SledStore {
         if from >= length {
             return Ok(());
         }
-        let first = self.segment_of(from)?.map_or(0, |(first, _)| first);
         let mut tails: FxHashMap<String, Tail> = FxHashMap::default();
         let mut full_chunks = Vec::new();
-        for item in self.tree.range(segment_key(first)..=segment_key(u64::MAX)) {
-            let (key, segment) = item.map_err(|e| self.sled_error(e))?;
-            let first = read_u64(&key);
+        for segment in self.segments_from(from)? {
+            let (first, segment) = segment?;
             for (index, line) in segment_lines(&segment).enumerate() {
                 let position = first + index as u64;
                 if position < from {
@@ -140,8 +153,13 @@ impl SledStore {
                     })?;
                 let mut tail = match tails.remove(&event.stream) {
                     Some(tail) => tail,
-                    None => self.load_tail(&event.stream)?,
+                    None => self.read_tail(&event.stream)?,
                 };
+                // Already in a chunk that a flush wrote before it could write `X`.
+                if event.revision < tail.next_revision() {
+                    tails.insert(event.stream, tail);
+                    continue;
+                }
                 if tail.next_revision() != event.revision {
                     return Err(StoreError::Damaged {
                         path: self.path.clone(),

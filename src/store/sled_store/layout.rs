@@ -1,24 +1,28 @@
 //! The sled event store's keys and values: segments of the log and chunks of stream indexes.
 //!
-//! Everything lives in one sled tree, under one-byte key prefixes:
-//! - `E` + first log position (u64 big-endian) -> a **segment**: the envelopes of consecutive
-//!   positions as JSON lines, each ending in `\n`, up to [`SEGMENT_BYTES`] (a longer event gets
-//!   a segment of its own). Segments are written once and never changed, except when a resumed
-//!   job cuts the log back to its checkpoint.
+//! The events themselves are in the log file ([`super::log_file`]), one JSON line each, in log
+//! order. Everything else lives in one sled tree, under one-byte key prefixes:
+//! - `E` + first log position (u64 big-endian) -> a **segment**: where the lines of consecutive
+//!   positions are in the log file (byte offset and length, u64 BE each), up to
+//!   [`SEGMENT_BYTES`] (a longer event gets a segment of its own). A read of one event reads
+//!   its segment.
 //! - `S` + stream name + `0xFF` + first revision (u64 BE) -> a **chunk** of the stream's index:
 //!   for consecutive revisions, each event's log position (u64 BE) and id (16 bytes), up to
 //!   [`CHUNK_EVENTS`] of them. `0xFF` never occurs in UTF-8, so one stream's chunks are one
 //!   contiguous key range, and its head is the end of its last chunk.
-//! - `M` -> the next log position; `X` -> the first log position the stored index does not
-//!   cover yet (see [`super::index`]); `F` -> the layout version ([`LAYOUT`]).
+//! - `M` -> the next log position; `L` -> the committed length of the log file; `X` -> the
+//!   first log position the stored index does not cover yet (see [`super::index`]); `F` -> the
+//!   layout version ([`LAYOUT`]).
 //!
-//! Why this shape: sled's cost is per key written and per page touched. A key per event (and
-//! a second and third for the stream and id indexes) spread every batch over thousands of
-//! pages; here a batch of 5,000 events is about 30 sequential segment keys plus one chunk per
-//! stream it touches. Measured on 236,338 events over 15,000 streams, batches of 5,000 with a
-//! flush each: a key per event alone 98,476 events/s; this layout, indexes included, 105,285;
-//! the old layout (envelope, stream and id keys per event) 19,781.
+//! Why this shape: sled's cost is per key written and per page touched, and its memory grows
+//! with what it stores. A key per event (and a second and third for the stream and id indexes)
+//! spread every batch over thousands of pages; here a batch of 5,000 events is a file append,
+//! about 30 sequential segment keys, and (through the index buffer) at most one chunk per
+//! stream. Measured with sled alone on 236,338 events over 15,000 streams, batches of 5,000
+//! with a flush each: a key per event 98,476 events/s; segments and chunks in sled, 105,285;
+//! the first layout (envelope, stream and id keys per event) 19,781.
 
+use std::ops::Range;
 use uuid::Uuid;
 
 pub(super) const SEGMENT: u8 = b'E';
@@ -26,13 +30,14 @@ pub(super) const STREAM: u8 = b'S';
 pub(super) const NEXT_POSITION: &[u8] = b"M";
 pub(super) const LAYOUT_KEY: &[u8] = b"F";
 pub(super) const INDEXED_TO: &[u8] = b"X";
+pub(super) const LOG_BYTES: &[u8] = b"L";
 /// The layout version this code reads and writes; a store without it (or with another) is
 /// refused rather than misread.
-pub const LAYOUT: &[u8] = b"2";
+pub const LAYOUT: &[u8] = b"3";
 const STREAM_SEPARATOR: u8 = 0xFF;
 
-/// The size at which a batch's lines start a new segment: a stream read fetches whole
-/// segments, so they stay small.
+/// The size at which a batch's lines start a new segment: a read of one event reads its
+/// whole segment, so they stay small.
 pub const SEGMENT_BYTES: usize = 64 * 1024;
 /// Events per index chunk.
 pub const CHUNK_EVENTS: usize = 256;
@@ -88,26 +93,43 @@ pub(super) fn segment_prefix(segment: &[u8], count: usize) -> &[u8] {
 }
 
 /// Cuts a batch's lines (`starts` holds each line's offset) into segments of at most
-/// [`SEGMENT_BYTES`] (or one longer line), each with its first log position.
-pub(super) fn cut_segments<'a>(
+/// [`SEGMENT_BYTES`] (or one longer line): each segment's first log position and byte range.
+pub(super) fn cut_segments(
     first_position: u64,
-    lines: &'a [u8],
+    lines: &[u8],
     starts: &[usize],
-) -> Vec<(u64, &'a [u8])> {
+) -> Vec<(u64, Range<usize>)> {
     let mut segments = Vec::new();
     let mut segment_start = 0;
     for index in 1..starts.len() {
         let end = starts.get(index + 1).copied().unwrap_or(lines.len());
         if end - starts[segment_start] > SEGMENT_BYTES {
-            let bytes = &lines[starts[segment_start]..starts[index]];
-            segments.push((first_position + segment_start as u64, bytes));
+            let range = starts[segment_start]..starts[index];
+            segments.push((first_position + segment_start as u64, range));
             segment_start = index;
         }
     }
     if let Some(&start) = starts.get(segment_start) {
-        segments.push((first_position + segment_start as u64, &lines[start..]));
+        segments.push((first_position + segment_start as u64, start..lines.len()));
     }
     segments
+}
+
+/// A segment's value: where its lines are in the log file.
+pub(super) fn encode_segment(offset: u64, len: usize) -> [u8; 16] {
+    let mut value = [0; 16];
+    value[..8].copy_from_slice(&offset.to_be_bytes());
+    value[8..].copy_from_slice(&(len as u64).to_be_bytes());
+    value
+}
+
+/// The byte offset and length of a segment's lines in the log file.
+pub(super) fn decode_segment(value: &[u8]) -> (u64, usize) {
+    let offset = read_u64(value.get(..8).unwrap_or_default());
+    (
+        offset,
+        read_u64(value.get(8..).unwrap_or_default()) as usize,
+    )
 }
 
 /// One chunk of a stream's index: revisions `first..` with each event's position and id.
@@ -211,20 +233,22 @@ mod tests {
         let segments = cut_segments(7, lines.as_bytes(), &starts);
         let firsts: Vec<u64> = segments.iter().map(|(first, _)| *first).collect();
         assert_eq!(firsts, vec![7, 9, 10, 11]);
+        let bytes = |range: &Range<usize>| &lines.as_bytes()[range.clone()];
         let counts: Vec<usize> = segments
             .iter()
-            .map(|(_, s)| segment_lines(s).count())
+            .map(|(_, r)| segment_lines(bytes(r)).count())
             .collect();
         assert_eq!(counts, vec![2, 1, 1, 1]);
         assert!(segments
             .iter()
-            .all(|(_, s)| s.len() <= SEGMENT_BYTES || segment_lines(s).count() == 1));
+            .all(|(_, r)| r.len() <= SEGMENT_BYTES || segment_lines(bytes(r)).count() == 1));
         assert_eq!(
-            segments.iter().map(|(_, s)| s.len()).sum::<usize>(),
+            segments.iter().map(|(_, r)| r.len()).sum::<usize>(),
             lines.len()
         );
-        assert_eq!(segment_prefix(segments[0].1, 1).len(), 40_001);
-        assert_eq!(segment_prefix(segments[0].1, 0).len(), 0);
+        assert_eq!(segment_prefix(bytes(&segments[0].1), 1).len(), 40_001);
+        assert_eq!(segment_prefix(bytes(&segments[0].1), 0).len(), 0);
+        assert_eq!(decode_segment(&encode_segment(5, 70_001)), (5, 70_001));
         assert!(cut_segments(0, b"", &[]).is_empty());
     }
 }
