@@ -1,18 +1,20 @@
-//! The embedded event store on sled (`sled:PATH`).
+//! The embedded event store (`sled:PATH`): an append-only log file of JSON lines
+//! ([`log_file`]), and sled for the rest: where each segment of the log is, the stream indexes
+//! of positions and ids in chunks, and the committed length. [`layout`] has the keys and why
+//! they are shaped so.
 //!
-//! The log is stored in segments of consecutive events and each stream as an index of
-//! positions and ids in chunks; [`layout`] has the keys and why they are shaped so.
-//! [`append`](self::append) stages a whole batch and writes it as one atomic sled `Batch`,
-//! flushed before it returns, so once an append returns a kill -9 loses nothing, and a crash
-//! never leaves half a batch. The checks are read from the tree before the batch is applied;
-//! that is safe because sled locks the folder to one process and appends take `&mut self`, so
-//! nothing else writes in between. A second process that opens the store gets
-//! [`StoreError::Locked`].
+//! [`append`](self::append) stages a whole batch, appends its lines to the log file and syncs
+//! it, then commits the batch's segments and the log's new length as one sled `Batch`, flushed
+//! before it returns: once an append returns a kill -9 loses nothing, and a crash never leaves
+//! half a batch (bytes past the committed length are cut off on open). The checks are read
+//! before anything is written; that is safe because sled locks the folder to one process and
+//! appends take `&mut self`, so nothing else writes in between. A second process that opens
+//! the store gets [`StoreError::Locked`].
 //!
 //! **Idempotency**, as EventStoreDB has it, by stream: an event whose id is among the last
-//! [`CHUNK_EVENTS`](layout::CHUNK_EVENTS) (to twice that) events of its stream is a re-send. With the same type,
-//! version, data and metadata it is skipped and counted as a duplicate; with anything else it
-//! is [`StoreError::IdConflict`]. Ids are not unique across streams, and an event re-sent after
+//! [`CHUNK_EVENTS`](layout::CHUNK_EVENTS) (to twice that) events of its stream is a re-send.
+//! With the same type, version, data and metadata it is skipped and counted as a duplicate;
+//! with anything else it is [`StoreError::IdConflict`]. Ids are not unique across streams, and an event re-sent after
 //! its stream has moved on by more than that window is stored again: a store-wide id index
 //! cost a random sled write and read per event, which made appends five times slower.
 //! The expected-revision check is made against the stream as it was before the first event of
@@ -22,15 +24,17 @@
 //! resumed job first cuts the store back to it ([`cut`](self::cut)), as the JSONL sink cuts
 //! its file.
 //!
-//! The store keeps the index chunks at the end of the streams it has written (up to
-//! [`TAIL_CACHE_BYTES`], then it starts over), so most appends read nothing from sled for the
-//! revision and id checks.
+//! The store keeps the index chunks at the end of the streams it has written in memory, with
+//! their changes ([`tail`]): appends read nothing from sled for the revision and id checks, and
+//! write no index. Up to [`TAIL_CACHE_BYTES`]; then the index is written and the cache starts
+//! over ([`index`]).
 
 mod append;
 mod cut;
-pub mod index;
+mod index;
 pub mod layout;
 mod log_file;
+mod tail;
 
 use super::{
     AppendOutcome, AppendRequest, EventSink, EventSource, EventStream, SinkMark, StoreError,
@@ -47,18 +51,17 @@ use rustc_hash::FxHashMap;
 use std::path::{Path, PathBuf};
 
 /// The most bytes of stream-index chunks the store keeps in memory between appends.
-pub const TAIL_CACHE_BYTES: usize = 16 << 20;
+pub const TAIL_CACHE_BYTES: usize = 32 << 20;
 
 /// The sled event store.
 pub struct SledStore {
     path: PathBuf,
     db: sled::Db,
     tree: sled::Tree,
-    /// The last index chunks of streams as stored (only what committed batches wrote).
-    tails: FxHashMap<String, append::Tail>,
+    /// The ends of streams' indexes, with changes the stored index may not have yet (only
+    /// what committed batches wrote).
+    tails: FxHashMap<String, tail::Tail>,
     tail_bytes: usize,
-    /// Index chunks changed since the index was last written.
-    index: index::IndexBuffer,
     log: log_file::LogFile,
 }
 
@@ -97,7 +100,6 @@ impl SledStore {
             tree,
             tails: FxHashMap::default(),
             tail_bytes: 0,
-            index: index::IndexBuffer::default(),
         };
         store.reindex()?;
         Ok(store)
@@ -313,9 +315,9 @@ impl EventSource for SledStore {
                 cursor = key[..key.len() - 8].to_vec();
                 cursor.extend_from_slice(&[0xFF; 8]);
             }
-            for (key, _) in self.index.iter() {
-                streams.push(String::from_utf8_lossy(&key[1..key.len() - 9]).into_owned());
-            }
+            // Streams whose first chunk is only in memory yet.
+            let unwritten = self.tails.iter().filter(|(_, t)| t.last.len() > 0);
+            streams.extend(unwritten.map(|(stream, _)| stream.clone()));
             // Index order puts "a-1" before "a" (the separator sorts last); list by name.
             streams.sort_unstable();
             streams.dedup();
@@ -325,7 +327,7 @@ impl EventSource for SledStore {
     }
 }
 
-/// Writes the index buffer, so that the next open has nothing to re-index. A failure here
+/// Writes the index, so that the next open has nothing to re-index. A failure here
 /// loses nothing: the next open re-indexes from the log.
 impl Drop for SledStore {
     fn drop(&mut self) {
@@ -606,6 +608,40 @@ mod tests {
             store.restore(Some(&too_long)).await,
             Err(StoreError::BadMark { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_loses_no_index_entry_of_earlier_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SledStore::open(dir.path()).unwrap();
+        append_many(&mut store, "a-1", 0..300, 100).await;
+        // Takes a-1's tail, with 300 entries not yet in the stored index, then fails.
+        let failed = store
+            .append_batch(vec![
+                request("a-1", ExpectedRevision::Exact(299), vec![new_event(300, 0)]),
+                request("b-1", ExpectedRevision::Exact(7), vec![new_event(301, 0)]),
+            ])
+            .await;
+        assert!(matches!(
+            failed,
+            Err(StoreError::WrongExpectedRevision { .. })
+        ));
+        assert_eq!(store.len().unwrap(), 300);
+        assert_eq!(
+            store.stream_state("a-1").await.unwrap(),
+            StreamState::At(299)
+        );
+        let a: Vec<Event> = store.read_stream("a-1", 0).try_collect().await.unwrap();
+        assert_eq!(a.len(), 300);
+        let next = store
+            .append_batch(vec![request(
+                "a-1",
+                ExpectedRevision::Exact(299),
+                vec![new_event(300, 0)],
+            )])
+            .await
+            .unwrap();
+        assert_eq!(next[0].last_revision, 300);
     }
 
     #[tokio::test]

@@ -1,71 +1,16 @@
-//! Appending to the sled event store: a batch is staged in memory (its lines, and the index
-//! chunk at the end of each stream it touches), checked request by request, then written as
-//! one sled batch.
+//! Appending to the sled event store: a batch is staged in memory (its lines, and the
+//! [`Tail`] of each stream it touches), checked request by request, then its lines are
+//! appended to the log file and committed in sled. Its index changes stay in the tails.
 
-use super::layout::{chunk_key, cut_segments, encode_segment, read_u64, segment_key, Chunk};
+use super::layout::{cut_segments, encode_segment, read_u64, segment_key};
 use super::layout::{LOG_BYTES, NEXT_POSITION};
+use super::tail::Tail;
 use super::{SledStore, TAIL_CACHE_BYTES};
 use crate::event::{validate_stream_name, Event, Payload};
 use crate::store::{
     AppendOutcome, AppendRequest, ExpectedRevision, NewEvent, StoreError, StreamState,
 };
 use rustc_hash::FxHashMap;
-
-/// The end of one stream's index: its last chunk, and the chunk before it when the last is
-/// not full. Together they hold at least the stream's last [`super::layout::CHUNK_EVENTS`] events:
-/// the window in which a re-sent event is recognized by its id.
-#[derive(Debug, Default)]
-pub(super) struct Tail {
-    pub previous: Option<Chunk>,
-    pub last: Chunk,
-    /// The last chunk has events this batch added.
-    dirty: bool,
-}
-
-impl Tail {
-    fn bytes(&self) -> usize {
-        self.last.entries.len() + self.previous.as_ref().map_or(0, |c| c.entries.len())
-    }
-
-    pub fn state(&self) -> StreamState {
-        self.last
-            .last_revision()
-            .map_or(StreamState::NoStream, StreamState::At)
-    }
-
-    pub fn next_revision(&self) -> u64 {
-        self.state().next_revision()
-    }
-
-    /// Adds an event at the stream's next revision. A full last chunk is closed first, and
-    /// goes to `full_chunks` (under its key) when this batch changed it.
-    pub fn push(
-        &mut self,
-        stream: &str,
-        position: u64,
-        id: &uuid::Uuid,
-        full_chunks: &mut Vec<(Vec<u8>, Vec<u8>)>,
-    ) {
-        let revision = self.next_revision();
-        if self.last.is_full() {
-            let full = std::mem::take(&mut self.last);
-            if self.dirty {
-                full_chunks.push((chunk_key(stream, full.first), full.entries.clone()));
-            }
-            self.previous = Some(full);
-            self.last.first = revision;
-        }
-        self.last.push(position, id);
-        self.dirty = true;
-    }
-
-    /// The revision and position of the event with this id, within the window.
-    fn find(&self, id: &uuid::Uuid) -> Option<(u64, u64)> {
-        self.last
-            .find(id)
-            .or_else(|| self.previous.as_ref().and_then(|chunk| chunk.find(id)))
-    }
-}
 
 /// A batch being staged: events get positions from `first_position` on.
 #[derive(Default)]
@@ -77,8 +22,6 @@ struct Staged {
     starts: Vec<usize>,
     /// The streams this batch touches.
     tails: FxHashMap<String, Tail>,
-    /// Chunks this batch filled: written as they are.
-    full_chunks: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Staged {
@@ -101,6 +44,23 @@ impl SledStore {
             next_position: first_position,
             ..Staged::default()
         };
+        let outcomes = self.stage_all(batch, &mut staged).and_then(|outcomes| {
+            self.write(staged)?;
+            Ok(outcomes)
+        });
+        if outcomes.is_err() {
+            // The tails this batch took from the cache are gone, with index entries not yet
+            // written: rebuild them from the log.
+            self.reindex()?;
+        }
+        outcomes
+    }
+
+    fn stage_all(
+        &mut self,
+        batch: Vec<AppendRequest>,
+        staged: &mut Staged,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
         let mut outcomes = Vec::with_capacity(batch.len());
         for request in batch {
             validate_stream_name(&request.stream)?;
@@ -108,11 +68,10 @@ impl SledStore {
                 Some(tail) => tail,
                 None => self.load_tail(&request.stream)?,
             };
-            let outcome = self.stage(&request, &mut tail, &mut staged);
+            let outcome = self.stage(&request, &mut tail, staged);
             staged.tails.insert(request.stream, tail);
             outcomes.push(outcome?);
         }
-        self.write(staged)?;
         Ok(outcomes)
     }
 
@@ -136,11 +95,7 @@ impl SledStore {
             _ if last.is_full() => None,
             first => self.chunk_before(stream, first)?,
         };
-        Ok(Tail {
-            previous,
-            last,
-            dirty: false,
-        })
+        Ok(Tail::stored(previous, last))
     }
 
     fn stage(
@@ -173,7 +128,7 @@ impl SledStore {
             serde_json::to_writer(&mut staged.lines, &envelope)
                 .expect("an envelope always serializes");
             staged.lines.push(b'\n');
-            tail.push(stream, position, &new_event.id, &mut staged.full_chunks);
+            tail.push(position, &new_event.id);
             staged.next_position += 1;
             outcome.written += 1;
             outcome.last_revision = revision;
@@ -210,7 +165,7 @@ impl SledStore {
     }
 
     /// Appends the batch's lines to the log file, then commits its segments, the next position
-    /// and the log's length in sled, flushed; its index changes go to the index buffer.
+    /// and the log's length in sled, flushed; its tails go back to the cache.
     fn write(&mut self, staged: Staged) -> Result<(), StoreError> {
         let offset = self.get(LOG_BYTES)?.map_or(0, |bytes| read_u64(&bytes));
         if !staged.lines.is_empty() {
@@ -228,35 +183,22 @@ impl SledStore {
             .apply_batch(writes)
             .map_err(|e| self.sled_error(e))?;
         self.db.flush().map_err(|e| self.sled_error(e))?;
-        for (key, entries) in staged.full_chunks {
-            self.index.insert(key, entries);
-        }
-        for (stream, tail) in staged.tails.iter().filter(|(_, tail)| tail.dirty) {
-            let key = chunk_key(stream, tail.last.first);
-            self.index.insert(key, tail.last.entries.clone());
-        }
-        self.keep_tails(staged.tails);
-        if self.index.is_full() {
-            self.flush_index()?;
-        }
-        Ok(())
+        self.keep_tails(staged.tails)
     }
 
-    /// Puts a written batch's tails back in the cache; when they would overflow it, the cache
-    /// starts over with them.
-    fn keep_tails(&mut self, tails: FxHashMap<String, Tail>) {
-        let bytes: usize = tails.iter().map(|(s, t)| s.len() + t.bytes()).sum();
-        if self.tail_bytes + bytes > TAIL_CACHE_BYTES {
+    /// Puts a written batch's tails back in the cache. When the cache holds more than
+    /// [`TAIL_CACHE_BYTES`], the index is written and the cache starts over.
+    fn keep_tails(&mut self, tails: FxHashMap<String, Tail>) -> Result<(), StoreError> {
+        for (stream, tail) in tails {
+            self.tail_bytes += stream.len() + tail.bytes();
+            self.tails.insert(stream, tail);
+        }
+        if self.tail_bytes > TAIL_CACHE_BYTES {
+            self.flush_index()?;
             self.tails.clear();
             self.tail_bytes = 0;
         }
-        if bytes <= TAIL_CACHE_BYTES {
-            self.tail_bytes += bytes;
-            for (stream, mut tail) in tails {
-                tail.dirty = false;
-                self.tails.insert(stream, tail);
-            }
-        }
+        Ok(())
     }
 }
 

@@ -1,58 +1,91 @@
-//! The stream index's write-back buffer, and re-indexing after a crash.
+//! Index lookups through the tails in memory, writing the index, and re-indexing.
 //!
-//! Appends change the last index chunk of every stream they touch. Writing those chunks with
-//! every batch was one random sled write per event (a batch of 5,000 events touches about as
-//! many streams), most of the cost of an append. So changed chunks wait in an
-//! [`IndexBuffer`] and go to sled together, with the `X` key saying how far the stored index
-//! reaches, when the buffer holds [`INDEX_BUFFER_BYTES`], before the store is cut back, and
-//! when it is dropped. Every index lookup reads through the buffer.
+//! Appends leave their index changes in the [`Tail`]s the store keeps; every lookup here reads
+//! through them. [`SledStore::flush_index`] writes them, with the `X` key saying how far the
+//! stored index reaches, when the tails outgrow [`TAIL_CACHE_BYTES`](super::TAIL_CACHE_BYTES),
+//! before the store is cut back, and when it is dropped.
 //!
-//! Appends stay durable without it: the log's segments are flushed with every batch, and
-//! opening a store whose stored index stops short of the log re-indexes the rest from the
-//! segments ([`SledStore::reindex`]), so a kill -9 loses no index entry either.
+//! Appends stay durable without it: the log is synced and committed with every batch, and
+//! opening a store whose stored index stops short of the log re-indexes the rest from the log
+//! ([`SledStore::reindex`]), so a kill -9 loses no index entry either.
 
-use super::append::Tail;
 use super::layout::{chunk_key, read_u64, segment_lines, stream_prefix, Chunk};
 use super::layout::{INDEXED_TO, NEXT_POSITION};
+use super::tail::Tail;
 use super::SledStore;
 use crate::store::StoreError;
 use rustc_hash::FxHashMap;
-use std::collections::BTreeMap;
-use std::ops::Bound;
 use uuid::Uuid;
 
-/// The most bytes of changed index chunks kept in memory before they are written.
-pub const INDEX_BUFFER_BYTES: usize = 16 << 20;
-
-/// Chunks per sled batch when the buffer is written. sled copies a leaf for every key it
-/// inserts and frees the copies only when the batch ends: one batch of the whole buffer
-/// (about 50,000 chunks) took the process from 70 MB to 300 MB.
+/// Chunks per sled batch when the index is written. sled copies a leaf for every key it
+/// inserts and frees the copies only when the batch ends: one batch of about 50,000 chunks
+/// took the process from 70 MB to 300 MB.
 const CHUNKS_PER_WRITE: usize = 1_000;
 
-/// Index chunks changed since the index was last written, by chunk key.
-#[derive(Debug, Default)]
-pub(super) struct IndexBuffer {
-    chunks: BTreeMap<Vec<u8>, Vec<u8>>,
-    bytes: usize,
-}
-
-impl IndexBuffer {
-    pub fn insert(&mut self, key: Vec<u8>, entries: Vec<u8>) {
-        self.bytes += key.len() + entries.len();
-        if let Some(old) = self.chunks.insert(key, entries) {
-            self.bytes -= old.len();
+impl SledStore {
+    /// The chunk of a stream's index that starts last before revision `before`.
+    pub(super) fn chunk_before(
+        &self,
+        stream: &str,
+        before: u64,
+    ) -> Result<Option<Chunk>, StoreError> {
+        if let Some(chunk) = self.tails.get(stream).and_then(|t| t.chunk_before(before)) {
+            return Ok(Some(chunk.clone()));
         }
+        let stored = self
+            .tree
+            .get_lt(chunk_key(stream, before))
+            .map_err(|e| self.sled_error(e))?;
+        Ok(stored
+            .filter(|(key, _)| key.starts_with(&stream_prefix(stream)))
+            .map(|(key, value)| Chunk::decode(&key, &value)))
     }
 
-    pub fn is_full(&self) -> bool {
-        self.bytes >= INDEX_BUFFER_BYTES
+    /// The chunk of a stream's index that starts at revision `first`.
+    pub(super) fn chunk_at(&self, stream: &str, first: u64) -> Result<Option<Chunk>, StoreError> {
+        if let Some(chunk) = self.tails.get(stream).and_then(|t| t.chunk_at(first)) {
+            return Ok(Some(chunk.clone()));
+        }
+        let key = chunk_key(stream, first);
+        Ok(self.get(&key)?.map(|entries| Chunk::decode(&key, &entries)))
     }
 
-    /// The buffered chunk keys and entries, in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.chunks
+    /// Writes the chunks the tails hold and the stored index lacks, then how far the index now
+    /// reaches. A crash in between leaves chunks ahead of `X`; [`reindex`](Self::reindex) skips
+    /// what they already hold.
+    pub(super) fn flush_index(&mut self) -> Result<(), StoreError> {
+        let length = self.len()?;
+        let mut chunks: Vec<(Vec<u8>, &[u8])> = self
+            .tails
             .iter()
-            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .flat_map(|(stream, tail)| {
+                let chunks = tail.unwritten();
+                chunks.map(move |c| (chunk_key(stream, c.first), c.entries.as_slice()))
+            })
+            .collect();
+        if chunks.is_empty() && self.indexed_to()? == length {
+            return Ok(());
+        }
+        chunks.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for group in chunks.chunks(CHUNKS_PER_WRITE) {
+            let mut writes = sled::Batch::default();
+            for (key, entries) in group {
+                writes.insert(key.as_slice(), *entries);
+            }
+            self.tree
+                .apply_batch(writes)
+                .map_err(|e| self.sled_error(e))?;
+        }
+        drop(chunks);
+        self.tree
+            .insert(INDEXED_TO, &length.to_be_bytes())
+            .map_err(|e| self.sled_error(e))?;
+        self.tails.values_mut().for_each(Tail::written);
+        Ok(())
+    }
+
+    fn indexed_to(&self) -> Result<u64, StoreError> {
+        Ok(self.get(INDEXED_TO)?.map_or(0, |bytes| read_u64(&bytes)))
     }
 }
 
@@ -65,79 +98,17 @@ struct Indexed {
 }
 
 impl SledStore {
-    /// The chunk of a stream's index that starts last before revision `before`.
-    pub(super) fn chunk_before(
-        &self,
-        stream: &str,
-        before: u64,
-    ) -> Result<Option<Chunk>, StoreError> {
-        let key = chunk_key(stream, before);
-        let prefix = stream_prefix(stream);
-        let stored = self.tree.get_lt(&key).map_err(|e| self.sled_error(e))?;
-        let stored = stored.filter(|(k, _)| k.starts_with(&prefix));
-        let bounds = (
-            Bound::Included(prefix.as_slice()),
-            Bound::Excluded(key.as_slice()),
-        );
-        let buffered = self.index.chunks.range::<[u8], _>(bounds).next_back();
-        Ok(match (stored, buffered) {
-            (Some((k, v)), Some((bk, _))) if k.as_ref() > bk.as_slice() => {
-                Some(Chunk::decode(&k, &v))
-            }
-            (_, Some((k, v))) => Some(Chunk::decode(k, v)),
-            (Some((k, v)), None) => Some(Chunk::decode(&k, &v)),
-            (None, None) => None,
-        })
-    }
-
-    /// The chunk of a stream's index that starts at revision `first`.
-    pub(super) fn chunk_at(&self, stream: &str, first: u64) -> Result<Option<Chunk>, StoreError> {
-        let key = chunk_key(stream, first);
-        if let Some(entries) = self.index.chunks.get(&key) {
-            return Ok(Some(Chunk::decode(&key, entries)));
-        }
-        Ok(self.get(&key)?.map(|entries| Chunk::decode(&key, &entries)))
-    }
-
-    /// Writes the buffered chunks, then how far the index now reaches. A crash in between
-    /// leaves chunks ahead of `X`; [`reindex`](Self::reindex) skips what they already hold.
-    pub(super) fn flush_index(&mut self) -> Result<(), StoreError> {
-        let length = self.len()?;
-        if self.index.chunks.is_empty() && self.indexed_to()? == length {
-            return Ok(());
-        }
-        let mut chunks = std::mem::take(&mut self.index)
-            .chunks
-            .into_iter()
-            .peekable();
-        while chunks.peek().is_some() {
-            let mut writes = sled::Batch::default();
-            for (key, entries) in chunks.by_ref().take(CHUNKS_PER_WRITE) {
-                writes.insert(key, entries);
-            }
-            self.tree
-                .apply_batch(writes)
-                .map_err(|e| self.sled_error(e))?;
-        }
-        self.tree
-            .insert(INDEXED_TO, &length.to_be_bytes())
-            .map_err(|e| self.sled_error(e))?;
-        Ok(())
-    }
-
-    fn indexed_to(&self) -> Result<u64, StoreError> {
-        Ok(self.get(INDEXED_TO)?.map_or(0, |bytes| read_u64(&bytes)))
-    }
-
-    /// Indexes the events a crashed process appended after the stored index was last written.
+    /// Indexes the events whose index entries were not written: after a crash, or after a
+    /// failed append dropped the tails it had taken. The tails in memory are rebuilt.
     pub(super) fn reindex(&mut self) -> Result<(), StoreError> {
+        self.tails.clear();
+        self.tail_bytes = 0;
         let from = self.indexed_to()?;
         let length = self.get(NEXT_POSITION)?.map_or(0, |bytes| read_u64(&bytes));
         if from >= length {
             return Ok(());
         }
         let mut tails: FxHashMap<String, Tail> = FxHashMap::default();
-        let mut full_chunks = Vec::new();
         for segment in self.segments_from(from)? {
             let (first, segment) = segment?;
             for (index, line) in segment_lines(&segment).enumerate() {
@@ -172,18 +143,13 @@ impl SledStore {
                         ),
                     });
                 }
-                tail.push(&event.stream, position, &event.id, &mut full_chunks);
+                tail.push(position, &event.id);
                 tails.insert(event.stream, tail);
             }
         }
-        for (key, entries) in full_chunks {
-            self.index.insert(key, entries);
-        }
-        for (stream, tail) in tails {
-            self.index
-                .insert(chunk_key(&stream, tail.last.first), tail.last.entries);
-        }
+        self.tails = tails;
         self.flush_index()?;
+        self.tails.clear();
         self.db.flush().map_err(|e| self.sled_error(e))?;
         Ok(())
     }
