@@ -512,7 +512,7 @@ mod tests {
     async fn long_streams_span_index_chunks_and_re_sends_within_the_window_are_duplicates() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = SledStore::open(dir.path()).unwrap();
-        // 600 events: three chunks; a 2 KiB payload each makes about 20 segments.
+        // 600 events: ten index chunks.
         append_many(&mut store, "long", 0..600, 70).await;
         let big = NewEvent {
             data: Payload::Parsed(json!({ "blob": "x".repeat(100_000) })),
@@ -549,12 +549,13 @@ mod tests {
                 .map(str::len),
             Some(100_000)
         );
-        // Event 400 is among the last 256 events of its stream: sent again, it is skipped.
+        // Event 550 is among the last 64 to 128 events of its stream (the last two chunks):
+        // sent again, it is skipped. Event 100 is older: it is stored again.
         let again = store
             .append_batch(vec![request(
                 "long",
                 ExpectedRevision::Any,
-                vec![new_event(400, 400)],
+                vec![new_event(550, 550)],
             )])
             .await
             .unwrap();
@@ -564,9 +565,18 @@ mod tests {
                 again[0].duplicates,
                 again[0].last_revision
             ),
-            (0, 1, 400)
+            (0, 1, 550)
         );
         assert_eq!(store.len().unwrap(), 601);
+        let old = store
+            .append_batch(vec![request(
+                "long",
+                ExpectedRevision::Any,
+                vec![new_event(100, 100)],
+            )])
+            .await
+            .unwrap();
+        assert_eq!((old[0].written, old[0].last_revision), (1, 600));
     }
 
     #[tokio::test]

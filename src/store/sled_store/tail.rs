@@ -110,26 +110,28 @@ mod tests {
 
     #[test]
     fn a_tail_rolls_full_chunks_and_finds_chunks_by_revision() {
+        const C: u64 = super::super::layout::CHUNK_EVENTS as u64;
         let mut tail = Tail::default();
         assert_eq!(tail.state(), StreamState::NoStream);
         assert!(tail.chunk_before(u64::MAX).is_none());
-        for n in 0..600u64 {
+        for n in 0..2 * C + 10 {
             tail.push(1000 + n, &Uuid::from_u128(n as u128));
         }
-        assert_eq!(tail.state(), StreamState::At(599));
+        assert_eq!(tail.state(), StreamState::At(2 * C + 9));
         let firsts: Vec<u64> = tail.unwritten().map(|c| c.first).collect();
-        assert_eq!(firsts, vec![0, 256, 512]);
-        assert_eq!(tail.chunk_before(513).map(|c| c.first), Some(512));
-        assert_eq!(tail.chunk_before(512).map(|c| c.first), Some(256));
-        assert_eq!(tail.chunk_at(0).map(|c| c.len()), Some(256));
+        assert_eq!(firsts, vec![0, C, 2 * C]);
+        assert_eq!(tail.chunk_before(2 * C + 1).map(|c| c.first), Some(2 * C));
+        assert_eq!(tail.chunk_before(2 * C).map(|c| c.first), Some(C));
+        assert_eq!(tail.chunk_at(0).map(|c| c.len() as u64), Some(C));
         // The window: the last chunk and the one before it.
-        assert_eq!(tail.find(&Uuid::from_u128(300)), Some((300, 1300)));
-        assert_eq!(tail.find(&Uuid::from_u128(200)), None);
+        let id = |n: u64| Uuid::from_u128(n as u128);
+        assert_eq!(tail.find(&id(C + 5)), Some((C + 5, 1000 + C + 5)));
+        assert_eq!(tail.find(&id(C - 1)), None);
         tail.written();
         assert_eq!(tail.unwritten().count(), 0);
         assert_eq!(tail.chunk_at(0), None);
-        tail.push(1600, &Uuid::from_u128(600));
+        tail.push(1000 + 2 * C + 10, &id(2 * C + 10));
         let firsts: Vec<u64> = tail.unwritten().map(|c| c.first).collect();
-        assert_eq!(firsts, vec![512]);
+        assert_eq!(firsts, vec![2 * C]);
     }
 }
