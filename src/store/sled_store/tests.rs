@@ -31,16 +31,11 @@ async fn appends_check_revisions_and_are_idempotent_by_id() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = SledStore::open(dir.path()).unwrap();
     let first = vec![new_event(1, 1), new_event(2, 2)];
-    let out = store
-        .append_batch(vec![request(
-            "a-1",
-            ExpectedRevision::NoStream,
-            first.clone(),
-        )])
+    let out = append_one(&mut store, "a-1", ExpectedRevision::NoStream, first.clone())
         .await
         .unwrap();
     assert_eq!(
-        out[0],
+        out,
         AppendOutcome {
             last_revision: 1,
             written: 2,
@@ -48,37 +43,36 @@ async fn appends_check_revisions_and_are_idempotent_by_id() {
         }
     );
     // The same request again is a no-op that passes its own expected-revision check.
-    let again = store
-        .append_batch(vec![request("a-1", ExpectedRevision::NoStream, first)])
+    let again = append_one(&mut store, "a-1", ExpectedRevision::NoStream, first)
         .await
         .unwrap();
     assert_eq!(
-        again[0],
+        again,
         AppendOutcome {
             last_revision: 1,
             written: 0,
             duplicates: 2
         }
     );
-    let wrong = store
-        .append_batch(vec![request(
-            "a-1",
-            ExpectedRevision::Exact(0),
-            vec![new_event(3, 3)],
-        )])
-        .await;
+    let wrong = append_one(
+        &mut store,
+        "a-1",
+        ExpectedRevision::Exact(0),
+        vec![new_event(3, 3)],
+    )
+    .await;
     assert!(
         matches!(wrong, Err(StoreError::WrongExpectedRevision { .. })),
         "{wrong:?}"
     );
     // The same id with other data in the same stream is a conflict; ids are per stream.
-    let conflict = store
-        .append_batch(vec![request(
-            "a-1",
-            ExpectedRevision::Any,
-            vec![new_event(1, 9)],
-        )])
-        .await;
+    let conflict = append_one(
+        &mut store,
+        "a-1",
+        ExpectedRevision::Any,
+        vec![new_event(1, 9)],
+    )
+    .await;
     assert!(
         matches!(
             conflict,
@@ -90,18 +84,31 @@ async fn appends_check_revisions_and_are_idempotent_by_id() {
         "{conflict:?}"
     );
     assert_eq!(store.len().unwrap(), 2);
-    let other_stream = store
-        .append_batch(vec![request(
-            "b-1",
-            ExpectedRevision::Any,
-            vec![new_event(1, 9)],
-        )])
-        .await
-        .unwrap();
-    assert_eq!(other_stream[0].written, 1);
+    let other_stream = append_one(
+        &mut store,
+        "b-1",
+        ExpectedRevision::Any,
+        vec![new_event(1, 9)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(other_stream.written, 1);
 }
 
-/// Appends `count` events to `stream` one request each, in batches of `per_batch`.
+/// One request, alone in its batch.
+async fn append_one(
+    store: &mut SledStore,
+    stream: &str,
+    expected: ExpectedRevision,
+    events: Vec<NewEvent>,
+) -> Result<AppendOutcome, StoreError> {
+    Ok(store
+        .append_batch(vec![request(stream, expected, events)])
+        .await?
+        .remove(0))
+}
+
+/// Appends events with the ids `ids` to `stream`, one request each, in batches of `per_batch`.
 async fn append_many(
     store: &mut SledStore,
     stream: &str,
@@ -128,12 +135,7 @@ async fn long_streams_span_index_chunks_and_re_sends_within_the_window_are_dupli
         data: Payload::Parsed(json!({ "blob": "x".repeat(100_000) })),
         ..new_event(1000, 0)
     };
-    store
-        .append_batch(vec![request(
-            "other",
-            ExpectedRevision::NoStream,
-            vec![big],
-        )])
+    append_one(&mut store, "other", ExpectedRevision::NoStream, vec![big])
         .await
         .unwrap();
     drop(store);
@@ -159,32 +161,28 @@ async fn long_streams_span_index_chunks_and_re_sends_within_the_window_are_dupli
     );
     // Event 550 is among the last 64 to 128 events of its stream (the last two chunks):
     // sent again, it is skipped. Event 100 is older: it is stored again.
-    let again = store
-        .append_batch(vec![request(
-            "long",
-            ExpectedRevision::Any,
-            vec![new_event(550, 550)],
-        )])
-        .await
-        .unwrap();
+    let again = append_one(
+        &mut store,
+        "long",
+        ExpectedRevision::Any,
+        vec![new_event(550, 550)],
+    )
+    .await
+    .unwrap();
     assert_eq!(
-        (
-            again[0].written,
-            again[0].duplicates,
-            again[0].last_revision
-        ),
+        (again.written, again.duplicates, again.last_revision),
         (0, 1, 550)
     );
     assert_eq!(store.len().unwrap(), 601);
-    let old = store
-        .append_batch(vec![request(
-            "long",
-            ExpectedRevision::Any,
-            vec![new_event(100, 100)],
-        )])
-        .await
-        .unwrap();
-    assert_eq!((old[0].written, old[0].last_revision), (1, 600));
+    let old = append_one(
+        &mut store,
+        "long",
+        ExpectedRevision::Any,
+        vec![new_event(100, 100)],
+    )
+    .await
+    .unwrap();
+    assert_eq!((old.written, old.last_revision), (1, 600));
 }
 
 #[tokio::test]
@@ -251,15 +249,15 @@ async fn a_failed_batch_loses_no_index_entry_of_earlier_ones() {
     );
     let a: Vec<Event> = store.read_stream("a-1", 0).try_collect().await.unwrap();
     assert_eq!(a.len(), 300);
-    let next = store
-        .append_batch(vec![request(
-            "a-1",
-            ExpectedRevision::Exact(299),
-            vec![new_event(300, 0)],
-        )])
-        .await
-        .unwrap();
-    assert_eq!(next[0].last_revision, 300);
+    let next = append_one(
+        &mut store,
+        "a-1",
+        ExpectedRevision::Exact(299),
+        vec![new_event(300, 0)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(next.last_revision, 300);
 }
 
 #[tokio::test]
@@ -313,15 +311,15 @@ async fn an_index_left_behind_by_a_crash_is_rebuilt_from_the_log() {
             (302, Some(308))
         ]
     );
-    let next = store
-        .append_batch(vec![request(
-            "a-1",
-            ExpectedRevision::Exact(302),
-            vec![new_event(999, 0)],
-        )])
-        .await
-        .unwrap();
-    assert_eq!(next[0].last_revision, 303);
+    let next = append_one(
+        &mut store,
+        "a-1",
+        ExpectedRevision::Exact(302),
+        vec![new_event(999, 0)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(next.last_revision, 303);
 }
 
 #[test]
@@ -388,27 +386,27 @@ async fn heads_come_back_from_the_stream_index_after_a_reopen() {
         store.stream_state("a-").await.unwrap(),
         StreamState::NoStream
     );
-    let err = store
-        .append_batch(vec![request(
-            "ab",
-            ExpectedRevision::Exact(0),
-            vec![new_event(99, 1)],
-        )])
-        .await
-        .unwrap_err();
+    let err = append_one(
+        &mut store,
+        "ab",
+        ExpectedRevision::Exact(0),
+        vec![new_event(99, 1)],
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(err, StoreError::WrongExpectedRevision { .. }),
         "{err}"
     );
-    let outcome = store
-        .append_batch(vec![request(
-            "ab",
-            ExpectedRevision::Exact(2),
-            vec![new_event(99, 1)],
-        )])
-        .await
-        .unwrap();
-    assert_eq!(outcome[0].last_revision, 3);
+    let outcome = append_one(
+        &mut store,
+        "ab",
+        ExpectedRevision::Exact(2),
+        vec![new_event(99, 1)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.last_revision, 3);
 }
 
 #[test]
