@@ -14,9 +14,10 @@
 //! **Idempotency**, as EventStoreDB has it, by stream: an event whose id is among the last
 //! [`CHUNK_EVENTS`](layout::CHUNK_EVENTS) (to twice that) events of its stream is a re-send.
 //! With the same type, version, data and metadata it is skipped and counted as a duplicate;
-//! with anything else it is [`StoreError::IdConflict`]. Ids are not unique across streams, and an event re-sent after
-//! its stream has moved on by more than that window is stored again: a store-wide id index
-//! cost a random sled write and read per event, which made appends five times slower.
+//! with anything else it is [`StoreError::IdConflict`]. Ids are not unique across streams,
+//! and an event re-sent after its stream has moved on by more than that window is stored
+//! again: a store-wide id index cost a random sled write and read per event, which made
+//! appends five times slower.
 //! The expected-revision check is made against the stream as it was before the first event of
 //! the request, so re-sending a whole request passes it.
 //!
@@ -210,10 +211,7 @@ impl EventSink for SledStore {
         stream: &'a str,
     ) -> BoxFuture<'a, Result<StreamState, StoreError>> {
         async move {
-            let last = match self.tails.get(stream) {
-                Some(tail) => tail.last.last_revision(),
-                None => self.last_chunk(stream)?.and_then(|c| c.last_revision()),
-            };
+            let last = self.last_chunk(stream)?.and_then(|c| c.last_revision());
             Ok(last.map_or(StreamState::NoStream, StreamState::At))
         }
         .boxed()

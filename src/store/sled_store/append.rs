@@ -75,8 +75,8 @@ impl SledStore {
         Ok(outcomes)
     }
 
-    /// A stream's tail, from the cache (taken out of it: a failed batch drops what it staged)
-    /// or from the tree.
+    /// A stream's tail, taken out of the cache (a failed batch re-indexes what it held), or
+    /// read from the stored index.
     pub(super) fn load_tail(&mut self, stream: &str) -> Result<Tail, StoreError> {
         if let Some(tail) = self.tails.remove(stream) {
             self.tail_bytes = self.tail_bytes.saturating_sub(tail.bytes() + stream.len());
@@ -85,7 +85,7 @@ impl SledStore {
         self.read_tail(stream)
     }
 
-    /// A stream's tail, from the index buffer or the tree.
+    /// A stream's tail as the stored index has it (for a stream the cache does not hold).
     pub(super) fn read_tail(&self, stream: &str) -> Result<Tail, StoreError> {
         let Some(last) = self.last_chunk(stream)? else {
             return Ok(Tail::default());
