@@ -85,7 +85,9 @@ fn sigkill_and_resume_into_jsonl_equals_an_uninterrupted_run() {
 fn ctrl_c_saves_a_checkpoint_and_a_second_process_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    generate(d, "log.jsonl", 150_000, 5_000, 5);
+    // Long enough that the first process still runs when the second one gives up waiting for
+    // the lock (a second, see `open_db`): 150,000 events were done in about a second.
+    generate(d, "log.jsonl", 600_000, 5_000, 5);
     migrate(d, "log.jsonl", "reference.jsonl")
         .assert()
         .success();
