@@ -12,7 +12,7 @@
 //! the store gets [`StoreError::Locked`].
 //!
 //! **Idempotency**, as EventStoreDB has it, by stream: an event whose id is among the last
-//! [`CHUNK_EVENTS`](layout::CHUNK_EVENTS) (to twice that) events of its stream is a re-send.
+//! [`WINDOW`](tail::WINDOW) (64) events of its stream is a re-send.
 //! With the same type, version, data and metadata it is skipped and counted as a duplicate;
 //! with anything else it is [`StoreError::IdConflict`]. Ids are not unique across streams,
 //! and an event re-sent after its stream has moved on by more than that window is stored
@@ -25,10 +25,11 @@
 //! resumed job first cuts the store back to it ([`cut`](self::cut)), as the JSONL sink cuts
 //! its file.
 //!
-//! The store keeps the index chunks at the end of the streams it has written in memory, with
-//! their changes ([`tail`]): appends read nothing from sled for the revision and id checks, and
-//! write no index. Up to [`TAIL_CACHE_BYTES`]; then the index is written and the cache starts
-//! over ([`index`]).
+//! The store keeps the end of each stream it has written in memory ([`tail`]): its next
+//! revision, fingerprints of its last ids, and the index entries not written yet. Appends read
+//! nothing from sled for the revision and id checks, and write no index. When the tails hold
+//! more than [`TAIL_CACHE_BYTES`], the index entries are written ([`index`]); when the rest
+//! still fills three quarters of it, the cache starts over.
 
 mod append;
 mod cut;
@@ -46,7 +47,8 @@ use layout::{read_u64, Chunk, LAYOUT, LAYOUT_KEY, LOG_BYTES, NEXT_POSITION};
 use rustc_hash::FxHashMap;
 use std::path::{Path, PathBuf};
 
-/// The most bytes of stream-index chunks the store keeps in memory between appends.
+/// The most bytes of stream tails (idempotency windows and index entries not written yet) the
+/// store keeps in memory between appends.
 pub const TAIL_CACHE_BYTES: usize = 32 << 20;
 
 /// The sled event store.
@@ -58,6 +60,8 @@ pub struct SledStore {
     /// what committed batches wrote).
     tails: FxHashMap<String, tail::Tail>,
     tail_bytes: usize,
+    /// The most bytes `tails` may hold: [`TAIL_CACHE_BYTES`] (tests make it small).
+    tail_budget: usize,
     log: log_file::LogFile,
 }
 
@@ -96,6 +100,7 @@ impl SledStore {
             tree,
             tails: FxHashMap::default(),
             tail_bytes: 0,
+            tail_budget: TAIL_CACHE_BYTES,
         };
         store.reindex()?;
         Ok(store)
@@ -211,6 +216,9 @@ impl EventSink for SledStore {
         stream: &'a str,
     ) -> BoxFuture<'a, Result<StreamState, StoreError>> {
         async move {
+            if let Some(tail) = self.tails.get(stream) {
+                return Ok(tail.state());
+            }
             let last = self.last_chunk(stream)?.and_then(|c| c.last_revision());
             Ok(last.map_or(StreamState::NoStream, StreamState::At))
         }

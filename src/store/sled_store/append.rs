@@ -2,15 +2,17 @@
 //! [`Tail`] of each stream it touches), checked request by request, then its lines are
 //! appended to the log file and committed in sled. Its index changes stay in the tails.
 
-use super::layout::{cut_segments, encode_segment, read_u64, segment_key};
+use super::layout::{chunk_key, chunk_start, cut_segments, encode_segment, read_u64};
+use super::layout::{segment_key, Chunk, CHUNK_EVENTS};
 use super::layout::{LOG_BYTES, NEXT_POSITION};
 use super::tail::Tail;
-use super::{SledStore, TAIL_CACHE_BYTES};
+use super::SledStore;
 use crate::event::{validate_stream_name, Event, Payload};
 use crate::store::{
     AppendOutcome, AppendRequest, ExpectedRevision, NewEvent, StoreError, StreamState,
 };
 use rustc_hash::FxHashMap;
+use uuid::Uuid;
 
 /// A batch being staged: events get positions from `first_position` on.
 #[derive(Default)]
@@ -90,12 +92,35 @@ impl SledStore {
         let Some(last) = self.last_chunk(stream)? else {
             return Ok(Tail::default());
         };
-        let previous = match last.first {
-            0 => None,
-            _ if last.is_full() => None,
-            first => self.chunk_before(stream, first)?,
+        let previous = match last.first.checked_sub(CHUNK_EVENTS as u64) {
+            Some(first) if !last.is_full() => self.chunk_at(stream, first)?,
+            _ => None,
         };
-        Ok(Tail::stored(previous, last))
+        Ok(Tail::stored(previous.as_ref(), &last))
+    }
+
+    /// Where an event with this id is among the last [`WINDOW`](super::tail::WINDOW) events of the stream: its
+    /// revision and position.
+    fn find_in_window(
+        &self,
+        stream: &str,
+        tail: &Tail,
+        id: &Uuid,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        for revision in tail.candidates(id) {
+            let entry = match tail.pending_entry(revision) {
+                Some(entry) => Some(entry),
+                None => {
+                    let key = chunk_key(stream, chunk_start(revision));
+                    let stored = self.get(&key)?;
+                    stored.and_then(|entries| Chunk::decode(&key, &entries).entry(revision))
+                }
+            };
+            if let Some((position, _)) = entry.filter(|(_, found)| found == id) {
+                return Ok(Some((revision, position)));
+            }
+        }
+        Ok(None)
     }
 
     fn stage(
@@ -111,7 +136,7 @@ impl SledStore {
             duplicates: 0,
         };
         for (index, new_event) in request.events.iter().enumerate() {
-            let stored = tail.find(&new_event.id);
+            let stored = self.find_in_window(stream, tail, &new_event.id)?;
             if index == 0 {
                 check_expected(stream, request.expected, stored, tail)?;
             }
@@ -121,7 +146,7 @@ impl SledStore {
                 outcome.last_revision = revision;
                 continue;
             }
-            let revision = tail.state().next_revision();
+            let revision = tail.next_revision();
             let position = staged.next_position;
             staged.starts.push(staged.lines.len());
             let envelope = new_event.envelope(stream, revision, position);
@@ -187,16 +212,19 @@ impl SledStore {
     }
 
     /// Puts a written batch's tails back in the cache. When the cache holds more than
-    /// [`TAIL_CACHE_BYTES`], the index is written and the cache starts over.
+    /// [`TAIL_CACHE_BYTES`](super::TAIL_CACHE_BYTES), the pending index entries are written; when the windows alone
+    /// still fill most of it, the cache starts over.
     fn keep_tails(&mut self, tails: FxHashMap<String, Tail>) -> Result<(), StoreError> {
         for (stream, tail) in tails {
             self.tail_bytes += stream.len() + tail.bytes();
             self.tails.insert(stream, tail);
         }
-        if self.tail_bytes > TAIL_CACHE_BYTES {
+        if self.tail_bytes > self.tail_budget {
             self.flush_index()?;
-            self.tails.clear();
-            self.tail_bytes = 0;
+            if self.tail_bytes > self.tail_budget / 4 * 3 {
+                self.tails.clear();
+                self.tail_bytes = 0;
+            }
         }
         Ok(())
     }

@@ -8,7 +8,7 @@
 //!   its segment.
 //! - `S` + stream name + `0xFF` + first revision (u64 BE) -> a **chunk** of the stream's index:
 //!   for consecutive revisions, each event's log position (u64 BE) and id (16 bytes), up to
-//!   [`CHUNK_EVENTS`] of them. `0xFF` never occurs in UTF-8, so one stream's chunks are one
+//!   [`CHUNK_EVENTS`] of them, starting at a multiple of it ([`chunk_start`]). `0xFF` never occurs in UTF-8, so one stream's chunks are one
 //!   contiguous key range, and its head is the end of its last chunk.
 //! - `M` -> the next log position; `L` -> the committed length of the log file; `X` -> the
 //!   first log position the stored index does not cover yet (see [`super::index`]); `F` -> the
@@ -44,7 +44,15 @@ pub const SEGMENT_BYTES: usize = 64 * 1024;
 /// 15,000 streams (200 per stream) took 33 s and 221 MB with 256 per chunk, 20 s and 143 MB
 /// with 64, 21 s and 131 MB with 16.
 pub const CHUNK_EVENTS: usize = 64;
-const ENTRY_BYTES: usize = 24;
+/// Bytes of one index entry: the event's log position (u64 BE) and id.
+pub(super) const ENTRY_BYTES: usize = 24;
+
+/// The first revision of the chunk that holds `revision`. Chunks start at multiples of
+/// [`CHUNK_EVENTS`]: a stream's chunks fill in revision order, and a cut only shortens the
+/// chunk it falls in.
+pub(super) fn chunk_start(revision: u64) -> u64 {
+    revision - revision % CHUNK_EVENTS as u64
+}
 
 pub(super) fn segment_key(first_position: u64) -> [u8; 9] {
     let mut key = [SEGMENT; 9];
@@ -176,14 +184,18 @@ impl Chunk {
         (0..self.len()).map(|index| (self.first + index as u64, self.entry_at(index).0))
     }
 
-    /// The revision and position of the event with this id, when this chunk holds it.
-    pub fn find(&self, id: &Uuid) -> Option<(u64, u64)> {
-        self.entries
-            .chunks_exact(ENTRY_BYTES)
-            .position(|entry| &entry[8..] == id.as_bytes())
-            .map(|index| (self.first + index as u64, self.entry_at(index).0))
+    /// The revisions and ids of the chunk, in order.
+    pub fn ids(&self) -> impl Iterator<Item = (u64, Uuid)> + '_ {
+        (0..self.len()).map(|index| (self.first + index as u64, self.entry_at(index).1))
     }
 
+    /// The entry of `revision`, when this chunk holds it: its position and id.
+    pub fn entry(&self, revision: u64) -> Option<(u64, Uuid)> {
+        let index = revision.checked_sub(self.first)? as usize;
+        (index < self.len()).then(|| self.entry_at(index))
+    }
+
+    #[cfg(test)]
     pub fn push(&mut self, position: u64, id: &Uuid) {
         self.entries.extend_from_slice(&position.to_be_bytes());
         self.entries.extend_from_slice(id.as_bytes());
@@ -215,8 +227,9 @@ mod tests {
             chunk.entries().collect::<Vec<_>>(),
             vec![(10, 100), (11, 101), (12, 102)]
         );
-        assert_eq!(chunk.find(&Uuid::from_u128(3)), Some((12, 102)));
-        assert_eq!(chunk.find(&Uuid::from_u128(4)), None);
+        assert_eq!(chunk.entry(12), Some((102, Uuid::from_u128(3))));
+        assert_eq!(chunk.entry(13), None);
+        assert_eq!(chunk.entry(9), None);
         let key = chunk_key("a-1", chunk.first);
         assert_eq!(Chunk::decode(&key, &chunk.entries), chunk);
         chunk.truncate(11);

@@ -134,7 +134,7 @@ impl EventSource for SledStore {
                 cursor.extend_from_slice(&[0xFF; 8]);
             }
             // Streams whose first chunk is only in memory yet.
-            let unwritten = self.tails.iter().filter(|(_, t)| t.last.len() > 0);
+            let unwritten = self.tails.iter().filter(|(_, t)| t.has_pending());
             streams.extend(unwritten.map(|(stream, _)| stream.clone()));
             // Index order puts "a-1" before "a" (the separator sorts last); list by name.
             streams.sort_unstable();

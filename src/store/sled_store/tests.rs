@@ -159,8 +159,8 @@ async fn long_streams_span_index_chunks_and_re_sends_within_the_window_are_dupli
             .map(str::len),
         Some(100_000)
     );
-    // Event 550 is among the last 64 to 128 events of its stream (the last two chunks):
-    // sent again, it is skipped. Event 100 is older: it is stored again.
+    // Event 550 is among the last 64 events of its stream (536..=599): sent again, it is
+    // skipped. Event 535 is just outside, and 100 far outside: they are stored again.
     let again = append_one(
         &mut store,
         "long",
@@ -178,11 +178,72 @@ async fn long_streams_span_index_chunks_and_re_sends_within_the_window_are_dupli
         &mut store,
         "long",
         ExpectedRevision::Any,
-        vec![new_event(100, 100)],
+        vec![new_event(535, 535), new_event(100, 100)],
     )
     .await
     .unwrap();
-    assert_eq!((old.written, old.last_revision), (1, 600));
+    assert_eq!((old.written, old.last_revision), (2, 601));
+}
+
+#[tokio::test]
+async fn a_cache_too_small_for_its_streams_writes_and_rereads_the_index_between_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SledStore::open(dir.path()).unwrap();
+    // Room for a few tails only: most batches write the index, and many empty the cache.
+    store.tail_budget = 2_000;
+    let streams = 7u128;
+    for round in 0..30u128 {
+        let expected = match round {
+            0 => ExpectedRevision::NoStream,
+            _ => ExpectedRevision::Exact(round as u64 * 5 - 1),
+        };
+        let requests = (0..streams)
+            .map(|s| {
+                let ids = (0..5).map(|k| (s << 32) | (round * 5 + k));
+                let events = ids.map(|id| new_event(id, id as u64)).collect();
+                request(&format!("s-{s}"), expected, events)
+            })
+            .collect();
+        store.append_batch(requests).await.unwrap();
+    }
+    seven_streams_of_150(&store, 150).await;
+    // A re-send within the window is found through the stored index when its tail was dropped.
+    let resent = append_one(
+        &mut store,
+        "s-3",
+        ExpectedRevision::Any,
+        vec![new_event((3 << 32) | 100, (3 << 32) | 100)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (resent.written, resent.duplicates, resent.last_revision),
+        (0, 1, 100)
+    );
+    let outside = append_one(
+        &mut store,
+        "s-3",
+        ExpectedRevision::Exact(149),
+        vec![new_event((3 << 32) | 85, 85)],
+    )
+    .await
+    .unwrap();
+    assert_eq!((outside.written, outside.last_revision), (1, 150));
+    drop(store);
+    let mut store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.len().unwrap(), 7 * 150 + 1);
+    seven_streams_of_150(&store, 151).await;
+    // After a reopen no tail is in memory: the window comes from the stored chunks.
+    let id = (5 << 32) | 120;
+    let resent = append_one(
+        &mut store,
+        "s-5",
+        ExpectedRevision::Any,
+        vec![new_event(id, id as u64)],
+    )
+    .await
+    .unwrap();
+    assert_eq!((resent.duplicates, resent.last_revision), (1, 120));
 }
 
 #[tokio::test]
@@ -415,4 +476,19 @@ fn a_second_open_of_the_same_folder_is_refused() {
     let _first = SledStore::open(dir.path()).unwrap();
     let second = SledStore::open(dir.path());
     assert!(matches!(second, Err(StoreError::Locked { .. })));
+}
+
+/// Checks the streams of the test above: `s-0`..`s-6`, 150 events each (and one more in `s-3`
+/// once it was appended), ids by stream and revision.
+async fn seven_streams_of_150(store: &SledStore, s3_len: usize) {
+    for s in 0..7u128 {
+        let stream = format!("s-{s}");
+        let mut events: Vec<Event> = store.read_stream(&stream, 0).try_collect().await.unwrap();
+        assert_eq!(events.len(), if s == 3 { s3_len } else { 150 }, "{stream}");
+        events.truncate(150);
+        let expected = |(i, e): (usize, &Event)| {
+            e.revision == i as u64 && e.id == Uuid::from_u128((s << 32) | i as u128)
+        };
+        assert!(events.iter().enumerate().all(expected), "{stream}");
+    }
 }
