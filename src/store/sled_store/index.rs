@@ -68,7 +68,7 @@ impl SledStore {
             return Ok(());
         }
         // In key order, so that sled's reads and inserts walk its tree in order.
-        streams.sort_unstable_by(|a, b| stream_prefix(a).cmp(&stream_prefix(b)));
+        streams.sort_by_cached_key(|stream| stream_prefix(stream));
         for group in streams.chunks(STREAMS_PER_WRITE) {
             let mut writes = sled::Batch::default();
             for stream in group {
