@@ -104,15 +104,17 @@ impl CheckpointStore {
             path: path.to_path_buf(),
             source,
         };
-        let db = crate::store::sled_store::open_db(path).map_err(|source| {
-            if crate::store::sled_store::is_lock_error(&source) {
-                CheckpointError::Locked {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                sled_error(source)
-            }
-        })?;
+        let db =
+            crate::store::sled_store::open_db(path, crate::store::sled_store::SLED_CACHE_BYTES)
+                .map_err(|source| {
+                    if crate::store::sled_store::is_lock_error(&source) {
+                        CheckpointError::Locked {
+                            path: path.to_path_buf(),
+                        }
+                    } else {
+                        sled_error(source)
+                    }
+                })?;
         let tree = db.open_tree("checkpoints").map_err(sled_error)?;
         Ok(CheckpointStore {
             backend: Backend::Sled {

@@ -58,18 +58,20 @@ fn row_key(name: &str, generation: u32, row: &str) -> Vec<u8> {
 impl SledReadModels {
     /// Opens (or creates) the store in the folder `path`.
     pub fn open(path: &Path) -> Result<Self, ReadModelError> {
-        let db = crate::store::sled_store::open_db(path).map_err(|source| {
-            if crate::store::sled_store::is_lock_error(&source) {
-                ReadModelError::Locked {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                ReadModelError::Sled {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            }
-        })?;
+        let db =
+            crate::store::sled_store::open_db(path, crate::store::sled_store::SLED_CACHE_BYTES)
+                .map_err(|source| {
+                    if crate::store::sled_store::is_lock_error(&source) {
+                        ReadModelError::Locked {
+                            path: path.to_path_buf(),
+                        }
+                    } else {
+                        ReadModelError::Sled {
+                            path: path.to_path_buf(),
+                            source,
+                        }
+                    }
+                })?;
         let tree = db
             .open_tree("readmodels")
             .map_err(|source| ReadModelError::Sled {

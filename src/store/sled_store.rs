@@ -1,7 +1,7 @@
-//! The embedded event store (`sled:PATH`): an append-only log file of JSON lines
-//! ([`log_file`]), and sled for the rest: where each segment of the log is, the stream indexes
-//! of positions and ids in chunks, and the committed length. [`layout`] has the keys and why
-//! they are shaped so.
+//! The embedded event store (`sled:PATH`): an append-only log file of JSON lines and an
+//! append-only file of full index chunks ([`log_file`]), and sled for the rest: where each
+//! segment of the log is, where each chunk of the stream indexes is (or the chunk itself, while
+//! it fills), and the committed lengths. [`layout`] has the keys and why they are shaped so.
 //!
 //! [`append`](self::append) stages a whole batch, appends its lines to the log file and syncs
 //! it, then commits the batch's segments and the log's new length as one sled `Batch`, flushed
@@ -43,7 +43,7 @@ use super::{AppendOutcome, AppendRequest, EventSink, SinkMark, StoreError, Strea
 use crate::event::Event;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use layout::{read_u64, Chunk, LAYOUT, LAYOUT_KEY, LOG_BYTES, NEXT_POSITION};
+use layout::{read_u64, Chunk, INDEX_BYTES, LAYOUT, LAYOUT_KEY, LOG_BYTES, NEXT_POSITION};
 use rustc_hash::FxHashMap;
 use std::path::{Path, PathBuf};
 
@@ -63,12 +63,16 @@ pub struct SledStore {
     /// The most bytes `tails` may hold: [`TAIL_CACHE_BYTES`] (tests make it small).
     tail_budget: usize,
     log: log_file::LogFile,
+    /// The full index chunks, and its committed length (the `J` key).
+    index: log_file::LogFile,
+    index_bytes: u64,
 }
 
 impl SledStore {
     /// Opens (or creates) the store in the folder `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = open_db(path).map_err(|source| open_error(path, source))?;
+        let db =
+            open_db(path, EVENT_STORE_CACHE_BYTES).map_err(|source| open_error(path, source))?;
         let sled_error = |source| StoreError::Sled {
             path: path.to_path_buf(),
             source,
@@ -92,9 +96,15 @@ impl SledStore {
             }
         }
         let committed = tree.get(LOG_BYTES).map_err(sled_error)?;
-        let log = log_file::LogFile::open(path, committed.map_or(0, |bytes| read_u64(&bytes)))?;
+        let committed = committed.map_or(0, |bytes| read_u64(&bytes));
+        let log = log_file::LogFile::open(path, log_file::EVENTS, committed)?;
+        let index_bytes = tree.get(INDEX_BYTES).map_err(sled_error)?;
+        let index_bytes = index_bytes.map_or(0, |bytes| read_u64(&bytes));
+        let index = log_file::LogFile::open(path, log_file::INDEX, index_bytes)?;
         let mut store = SledStore {
             log,
+            index,
+            index_bytes,
             path: path.to_path_buf(),
             db,
             tree,
@@ -170,22 +180,26 @@ pub(crate) fn is_lock_error(error: &sled::Error) -> bool {
     matches!(error, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
-/// The most memory sled's page cache of one store may hold.
+/// The most memory sled's page cache of a read-model or checkpoint store may hold.
 pub const SLED_CACHE_BYTES: u64 = 32 << 20;
+
+/// The most memory sled's page cache of the event store may hold. Its reads go to the files
+/// (events by segment, full chunks by offset); sled holds small keys and the chunks still
+/// filling, which a flush of the index reads once each. With 32 MiB the cache filled with
+/// those chunks, and a 10M-event migration peaked 36 MB above a 1M one.
+pub const EVENT_STORE_CACHE_BYTES: u64 = 8 << 20;
 
 /// Opens a sled folder. sled releases its folder lock from a background thread shortly after
 /// the last handle is dropped, so a store closed and reopened by the same process (`recast
 /// run` migrates into a store, then rebuilds from it) may find it still locked for a moment:
 /// a lock error is retried for up to a second before it is reported.
 ///
-/// sled's page cache is capped at [`SLED_CACHE_BYTES`]; its default (1 GiB) let a process's
-/// memory grow with the size of the store it reads and writes.
-pub(crate) fn open_db(path: &Path) -> Result<sled::Db, sled::Error> {
+/// sled's page cache is capped at `cache_bytes`; its default (1 GiB) let a process's memory
+/// grow with the size of the store it reads and writes.
+pub(crate) fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
     let mut attempts = 0;
     loop {
-        let config = sled::Config::new()
-            .path(path)
-            .cache_capacity(SLED_CACHE_BYTES);
+        let config = sled::Config::new().path(path).cache_capacity(cache_bytes);
         match config.open() {
             Err(error) if is_lock_error(&error) && attempts < 50 => {
                 attempts += 1;

@@ -3,7 +3,7 @@
 //! appended to the log file and committed in sled. Its index changes stay in the tails.
 
 use super::layout::{chunk_key, chunk_start, cut_segments, encode_segment, read_u64};
-use super::layout::{segment_key, Chunk, CHUNK_EVENTS};
+use super::layout::{segment_key, CHUNK_EVENTS};
 use super::layout::{LOG_BYTES, NEXT_POSITION};
 use super::tail::Tail;
 use super::SledStore;
@@ -112,8 +112,8 @@ impl SledStore {
                 Some(entry) => Some(entry),
                 None => {
                     let key = chunk_key(stream, chunk_start(revision));
-                    let stored = self.get(&key)?;
-                    stored.and_then(|entries| Chunk::decode(&key, &entries).entry(revision))
+                    let stored = self.stored_chunk(&key)?;
+                    stored.and_then(|chunk| chunk.entry(revision))
                 }
             };
             if let Some((position, _)) = entry.filter(|(_, found)| found == id) {

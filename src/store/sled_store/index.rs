@@ -10,7 +10,7 @@
 //! ([`SledStore::reindex`]), so a kill -9 loses no index entry either.
 
 use super::layout::{chunk_key, chunk_start, read_u64, segment_lines, stream_prefix, Chunk};
-use super::layout::{CHUNK_EVENTS, ENTRY_BYTES};
+use super::layout::{decode_segment, encode_segment, CHUNK_EVENTS, ENTRY_BYTES, INDEX_BYTES};
 use super::layout::{INDEXED_TO, NEXT_POSITION};
 use super::tail::Tail;
 use super::SledStore;
@@ -40,15 +40,35 @@ impl SledStore {
             .tree
             .get_lt(chunk_key(stream, before))
             .map_err(|e| self.sled_error(e))?;
-        Ok(stored
+        stored
             .filter(|(key, _)| key.starts_with(&stream_prefix(stream)))
-            .map(|(key, value)| Chunk::decode(&key, &value)))
+            .map(|(key, value)| self.load_chunk(&key, &value))
+            .transpose()
+    }
+
+    /// A stored chunk from its key and value: the value itself, or read from the index file.
+    fn load_chunk(&self, key: &[u8], value: &[u8]) -> Result<Chunk, StoreError> {
+        if !Chunk::is_pointer(value) {
+            return Ok(Chunk::decode(key, value));
+        }
+        let (offset, len) = decode_segment(value);
+        Ok(Chunk {
+            first: read_u64(key),
+            entries: self.index.read(offset, len)?,
+        })
+    }
+
+    /// The chunk stored under `key`, as the stored index has it.
+    pub(super) fn stored_chunk(&self, key: &[u8]) -> Result<Option<Chunk>, StoreError> {
+        match self.get(key)? {
+            Some(value) => self.load_chunk(key, &value).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The chunk of a stream's index that starts at revision `first`.
     pub(super) fn chunk_at(&self, stream: &str, first: u64) -> Result<Option<Chunk>, StoreError> {
-        let key = chunk_key(stream, first);
-        let stored = self.get(&key)?.map(|entries| Chunk::decode(&key, &entries));
+        let stored = self.stored_chunk(&chunk_key(stream, first))?;
         Ok(match self.tails.get(stream) {
             Some(tail) => tail.overlay(first, stored),
             None => stored,
@@ -70,21 +90,44 @@ impl SledStore {
         // In key order, so that sled's reads and inserts walk its tree in order.
         streams.sort_by_cached_key(|stream| stream_prefix(stream));
         for group in streams.chunks(STREAMS_PER_WRITE) {
-            let mut writes = sled::Batch::default();
-            for stream in group {
-                for chunk in self.pending_chunks(stream)? {
-                    writes.insert(chunk_key(stream, chunk.first), chunk.entries);
-                }
-            }
-            self.tree
-                .apply_batch(writes)
-                .map_err(|e| self.sled_error(e))?;
+            self.write_index_of(group)?;
         }
         self.tree
             .insert(INDEXED_TO, &length.to_be_bytes())
             .map_err(|e| self.sled_error(e))?;
         self.tail_bytes = self.tails.iter().map(|(s, t)| s.len() + t.bytes()).sum();
         Ok(())
+    }
+
+    /// Writes the pending index entries of `streams`: their full chunks to the index file,
+    /// synced, then in one sled batch where those are and the chunks still filling.
+    fn write_index_of(&mut self, streams: &[String]) -> Result<(), StoreError> {
+        let mut writes = sled::Batch::default();
+        let mut full = Vec::new();
+        let mut pointers = Vec::new();
+        for stream in streams {
+            for chunk in self.pending_chunks(stream)? {
+                let key = chunk_key(stream, chunk.first);
+                if chunk.is_full() {
+                    pointers.push((key, full.len()));
+                    full.extend_from_slice(&chunk.entries);
+                } else {
+                    writes.insert(key, chunk.entries);
+                }
+            }
+        }
+        if !full.is_empty() {
+            self.index.append(self.index_bytes, &full)?;
+            for (key, at) in pointers {
+                let offset = self.index_bytes + at as u64;
+                writes.insert(key, &encode_segment(offset, CHUNK_EVENTS * ENTRY_BYTES));
+            }
+            self.index_bytes += full.len() as u64;
+            writes.insert(INDEX_BYTES, &self.index_bytes.to_be_bytes());
+        }
+        self.tree
+            .apply_batch(writes)
+            .map_err(|e| self.sled_error(e))
     }
 
     /// A stream's pending index entries, taken out of its tail, as the chunks to store: the
@@ -95,14 +138,12 @@ impl SledStore {
         };
         let (from, pending) = tail.take_pending();
         let first = chunk_start(from);
-        let key = chunk_key(stream, first);
-        let mut chunk = match self.get(&key)? {
-            Some(entries) => Chunk::decode(&key, &entries),
-            None => Chunk {
+        let mut chunk = self
+            .stored_chunk(&chunk_key(stream, first))?
+            .unwrap_or(Chunk {
                 first,
                 entries: Vec::new(),
-            },
-        };
+            });
         if chunk.first + chunk.len() as u64 != from {
             return Err(StoreError::Damaged {
                 path: self.path.clone(),

@@ -1,8 +1,11 @@
-//! The log file of the sled event store: `PATH/log/events.jsonl`, every event as one JSON line
-//! in log order, appended to and never rewritten (a resumed job may cut its end off).
+//! The append-only files of the sled event store, in `PATH/log/`:
+//! - [`EVENTS`]: every event as one JSON line in log order, appended to and never rewritten (a
+//!   resumed job may cut its end off);
+//! - [`INDEX`]: the full chunks of the stream indexes (see [`super::layout`]).
 //!
-//! The file is written before sled records how long it is (the `L` key), so bytes past that
-//! length are a batch that crashed before it was committed: [`LogFile::open`] cuts them off.
+//! A file is written before sled records how long it is (the `L` and `J` keys), so bytes past
+//! that length were written by a batch that crashed before it was committed:
+//! [`LogFile::open`] cuts them off.
 //! Reads are positioned (`pread`), so they need no `&mut` and no shared cursor.
 
 use crate::store::StoreError;
@@ -10,7 +13,12 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// The append-only log file.
+/// The name of the events file.
+pub(super) const EVENTS: &str = "events.jsonl";
+/// The name of the index file.
+pub(super) const INDEX: &str = "index.bin";
+
+/// One append-only file.
 #[derive(Debug)]
 pub(super) struct LogFile {
     path: PathBuf,
@@ -18,10 +26,11 @@ pub(super) struct LogFile {
 }
 
 impl LogFile {
-    /// Opens (or creates) the log of the store in `folder`, cut back to `committed` bytes.
-    pub fn open(folder: &Path, committed: u64) -> Result<LogFile, StoreError> {
+    /// Opens (or creates) the file `name` of the store in `folder`, cut back to `committed`
+    /// bytes.
+    pub fn open(folder: &Path, name: &str, committed: u64) -> Result<LogFile, StoreError> {
         let dir = folder.join("log");
-        let path = dir.join("events.jsonl");
+        let path = dir.join(name);
         let io = |source| StoreError::Io {
             path: path.clone(),
             source,
@@ -38,9 +47,7 @@ impl LogFile {
         if length < committed {
             return Err(StoreError::Damaged {
                 path: path.clone(),
-                reason: format!(
-                    "the log file has {length} bytes but the store committed {committed}"
-                ),
+                reason: format!("the file has {length} bytes but the store committed {committed}"),
             });
         }
         let log = LogFile { path, file };
@@ -90,15 +97,15 @@ mod tests {
     #[test]
     fn bytes_past_the_committed_length_are_cut_off_on_open() {
         let dir = tempfile::tempdir().unwrap();
-        let log = LogFile::open(dir.path(), 0).unwrap();
+        let log = LogFile::open(dir.path(), EVENTS, 0).unwrap();
         log.append(0, b"{\"a\":1}\n").unwrap();
         log.append(8, b"{\"b\":2}\n").unwrap();
         assert_eq!(log.read(8, 8).unwrap(), b"{\"b\":2}\n");
         drop(log);
-        let log = LogFile::open(dir.path(), 8).unwrap();
+        let log = LogFile::open(dir.path(), EVENTS, 8).unwrap();
         assert!(log.read(8, 1).is_err());
         assert_eq!(log.read(0, 8).unwrap(), b"{\"a\":1}\n");
-        let short = LogFile::open(dir.path(), 100).unwrap_err();
+        let short = LogFile::open(dir.path(), EVENTS, 100).unwrap_err();
         assert!(short.to_string().contains("committed 100"), "{short}");
     }
 }

@@ -139,6 +139,13 @@ async fn long_streams_span_index_chunks_and_re_sends_within_the_window_are_dupli
         .await
         .unwrap();
     drop(store);
+    // The nine full chunks went to the index file; the tenth, still filling, stays in sled.
+    let index_file = dir.path().join("log").join(log_file::INDEX);
+    let chunk_bytes = (layout::CHUNK_EVENTS * 24) as u64;
+    assert_eq!(
+        std::fs::metadata(&index_file).unwrap().len(),
+        9 * chunk_bytes
+    );
     let mut store = SledStore::open(dir.path()).unwrap();
     assert_eq!(
         store.stream_state("long").await.unwrap(),
@@ -345,7 +352,7 @@ async fn an_index_left_behind_by_a_crash_is_rebuilt_from_the_log() {
     {
         let tree = sled::open(dir.path()).unwrap().open_tree("log").unwrap();
         let offset = read_u64(&tree.get(LOG_BYTES).unwrap().unwrap());
-        let log = log_file::LogFile::open(dir.path(), offset).unwrap();
+        let log = log_file::LogFile::open(dir.path(), log_file::EVENTS, offset).unwrap();
         log.append(offset, &segment).unwrap();
         let value = layout::encode_segment(offset, segment.len());
         tree.insert(layout::segment_key(305), &value).unwrap();
