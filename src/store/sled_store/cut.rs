@@ -1,5 +1,8 @@
 //! Cutting the sled event store back to a checkpoint's length, for a resumed job: the events
-//! after it leave the log, and their streams' indexes lose them, in one sled batch.
+//! after it leave the log, and their streams' indexes lose them, in one sled batch. Full chunks
+//! that lose entries are stored again in sled as chunks still filling; their old copies stay in
+//! the index file, unreferenced (a cut happens when a job resumes, and leaves at most the
+//! chunks written since its last checkpoint behind).
 
 use super::layout::{chunk_key, encode_segment, segment_key, segment_prefix};
 use super::layout::{INDEXED_TO, LOG_BYTES, NEXT_POSITION};

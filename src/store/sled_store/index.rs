@@ -1,9 +1,11 @@
 //! Index lookups through the tails in memory, writing the index, and re-indexing.
 //!
-//! Appends leave their index changes in the [`Tail`]s the store keeps; every lookup here reads
-//! through them. [`SledStore::flush_index`] writes them, with the `X` key saying how far the
-//! stored index reaches, when the tails outgrow [`TAIL_CACHE_BYTES`](super::TAIL_CACHE_BYTES),
-//! before the store is cut back, and when it is dropped.
+//! Appends leave their index entries in the [`Tail`]s the store keeps; every lookup here reads
+//! through them. Stored chunks are read from sled, or from the index file when sled holds only
+//! where a full chunk is. [`SledStore::flush_index`] writes the entries, with the `X` key
+//! saying how far the stored index reaches, when the tails outgrow
+//! [`TAIL_CACHE_BYTES`](super::TAIL_CACHE_BYTES), before the store is cut back, and when it is
+//! dropped.
 //!
 //! Appends stay durable without it: the log is synced and committed with every batch, and
 //! opening a store whose stored index stops short of the log re-indexes the rest from the log

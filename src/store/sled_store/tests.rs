@@ -499,3 +499,41 @@ async fn seven_streams_of_150(store: &SledStore, s3_len: usize) {
         assert!(events.iter().enumerate().all(expected), "{stream}");
     }
 }
+
+#[tokio::test]
+async fn an_id_whose_fingerprint_matches_another_in_the_window_is_not_taken_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SledStore::open(dir.path()).unwrap();
+    let first = Uuid::from_u128(1);
+    let twin = (2..)
+        .map(Uuid::from_u128)
+        .find(|id| tail::fingerprint(id) == tail::fingerprint(&first))
+        .unwrap();
+    let event = |id: Uuid| NewEvent {
+        id,
+        ..new_event(0, 7)
+    };
+    let stored = append_one(
+        &mut store,
+        "a-1",
+        ExpectedRevision::NoStream,
+        vec![event(first)],
+    );
+    assert_eq!(stored.await.unwrap().written, 1);
+    // Same fingerprint, other id: a new event, not a re-send (nor a conflict).
+    let other = append_one(
+        &mut store,
+        "a-1",
+        ExpectedRevision::Exact(0),
+        vec![event(twin)],
+    );
+    assert_eq!(other.await.unwrap().written, 1);
+    drop(store);
+    // Both are found again from the stored index, each by its own id.
+    let mut store = SledStore::open(dir.path()).unwrap();
+    for (id, revision) in [(twin, 1), (first, 0)] {
+        let again = append_one(&mut store, "a-1", ExpectedRevision::Any, vec![event(id)]);
+        let again = again.await.unwrap();
+        assert_eq!((again.duplicates, again.last_revision), (1, revision));
+    }
+}
