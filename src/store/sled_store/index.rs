@@ -23,7 +23,7 @@ use uuid::Uuid;
 /// Streams per sled batch when the index is written. sled copies a leaf for every key it
 /// inserts and frees the copies only when the batch ends: one batch of about 50,000 chunks
 /// took the process from 70 MB to 300 MB.
-const STREAMS_PER_WRITE: usize = 1_000;
+const STREAMS_PER_WRITE: usize = 250;
 
 impl SledStore {
     /// The chunk of a stream's index that starts last before revision `before`.
