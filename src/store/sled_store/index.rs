@@ -20,9 +20,10 @@ use crate::store::StoreError;
 use rustc_hash::FxHashMap;
 use uuid::Uuid;
 
-/// Streams per sled batch when the index is written. sled copies a leaf for every key it
-/// inserts and frees the copies only when the batch ends: one batch of about 50,000 chunks
-/// took the process from 70 MB to 300 MB.
+/// Streams per sled batch when the index is written (each batch syncs the index file first).
+/// sled copies a leaf for every key it inserts and frees the copies only when the batch ends:
+/// one batch of about 50,000 chunks took the process from 70 MB to 300 MB, and 1,000 streams
+/// per batch peaked about 5 MB above 250 in a 10M-event migration.
 const STREAMS_PER_WRITE: usize = 250;
 
 impl SledStore {
