@@ -209,7 +209,6 @@ impl Chunk {
         (index < self.len()).then(|| self.entry_at(index))
     }
 
-    #[cfg(test)]
     pub fn push(&mut self, position: u64, id: &Uuid) {
         self.entries.extend_from_slice(&position.to_be_bytes());
         self.entries.extend_from_slice(id.as_bytes());

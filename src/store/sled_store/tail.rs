@@ -34,9 +34,9 @@ pub(super) struct Tail {
     /// Fingerprints of the ids of revisions `next - window.len()..next`; revision `r` is in
     /// slot `r % WINDOW`.
     window: Vec<u16>,
-    /// Index entries (as [`Chunk`] entries) of revisions `next - pending / 24..next`, which the
+    /// Index entries of revisions `pending.first..next`, which the
     /// stored index does not have yet.
-    pending: Vec<u8>,
+    pending: Chunk,
 }
 
 pub(super) fn fingerprint(id: &Uuid) -> u16 {
@@ -55,12 +55,13 @@ impl Tail {
             tail.next = revision;
             tail.remember(&id);
         }
+        tail.pending.first = tail.next;
         tail
     }
 
     /// Bytes counted against the cache.
     pub fn bytes(&self) -> usize {
-        OVERHEAD_BYTES + self.window.len() * 2 + self.pending.len()
+        OVERHEAD_BYTES + self.window.len() * 2 + self.pending.entries.len()
     }
 
     pub fn state(&self) -> StreamState {
@@ -75,13 +76,12 @@ impl Tail {
 
     /// The first revision the stored index does not have.
     pub fn pending_from(&self) -> u64 {
-        self.next - (self.pending.len() / ENTRY_BYTES) as u64
+        self.pending.first
     }
 
     /// Adds an event at the stream's next revision.
     pub fn push(&mut self, position: u64, id: &Uuid) {
-        self.pending.extend_from_slice(&position.to_be_bytes());
-        self.pending.extend_from_slice(id.as_bytes());
+        self.pending.push(position, id);
         self.remember(id);
     }
 
@@ -106,12 +106,7 @@ impl Tail {
 
     /// The pending entry of `revision`: its position and id.
     pub fn pending_entry(&self, revision: u64) -> Option<(u64, Uuid)> {
-        let index = revision.checked_sub(self.pending_from())? as usize;
-        let entry = self
-            .pending
-            .get(index * ENTRY_BYTES..(index + 1) * ENTRY_BYTES)?;
-        let position = u64::from_be_bytes(entry[..8].try_into().ok()?);
-        Some((position, Uuid::from_slice(&entry[8..]).ok()?))
+        self.pending.entry(revision)
     }
 
     /// The chunk starting at revision `first`: `stored` (as the stored index has it) with the
@@ -129,19 +124,25 @@ impl Tail {
         let upto = end.min(self.next);
         if start >= from && start < upto {
             let range = (start - from) as usize * ENTRY_BYTES..(upto - from) as usize * ENTRY_BYTES;
-            chunk.entries.extend_from_slice(&self.pending[range]);
+            chunk
+                .entries
+                .extend_from_slice(&self.pending.entries[range]);
         }
         (chunk.len() > 0).then_some(chunk)
     }
 
     /// The pending entries, taken out: the first revision they start at, and the entries.
     pub fn take_pending(&mut self) -> (u64, Vec<u8>) {
-        let from = self.pending_from();
-        (from, std::mem::take(&mut self.pending))
+        let written = Chunk {
+            first: self.next,
+            entries: Vec::new(),
+        };
+        let taken = std::mem::replace(&mut self.pending, written);
+        (taken.first, taken.entries)
     }
 
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        self.pending.len() > 0
     }
 }
 
