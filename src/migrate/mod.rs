@@ -388,25 +388,17 @@ impl Run<'_, '_> {
         let counts = &mut state.counts;
         match registry.upcast(event) {
             Ok(upcasted) => {
-                let mut outputs = Vec::with_capacity(upcasted.events.len());
-                for mut output in upcasted.events {
-                    let stream = migration.template.render(&mut output)?;
-                    outputs.push((stream, output));
-                }
-                counts.source_events += 1;
-                self.kinds.source(source_kind);
-                for index in upcasted.applied {
-                    report::bump(&mut counts.upcasters, registry.upcasters()[index].origin());
-                }
-                match (touched, outputs.len()) {
-                    (false, _) => counts.unchanged += 1,
-                    (true, 0) => counts.dropped += 1,
-                    (true, 1) => counts.upcast += 1,
-                    (true, _) => counts.split += 1,
-                }
-                for (index, (stream, output)) in outputs.into_iter().enumerate() {
-                    counts.target_events += 1;
-                    self.kinds.target(&output.event_type, output.version);
+                let outputs = upcasted.events.len();
+                let first = pending.len();
+                for (index, mut output) in upcasted.events.into_iter().enumerate() {
+                    let stream = match migration.template.render_into_target(&mut output) {
+                        Ok(stream) => stream,
+                        Err(err) => {
+                            // The batch before this event is still written: leave none of it.
+                            pending.truncate(first);
+                            return Err(err.into());
+                        }
+                    };
                     pending.push((
                         stream,
                         NewEvent {
@@ -418,6 +410,21 @@ impl Run<'_, '_> {
                             recorded_at: output.recorded_at,
                         },
                     ));
+                }
+                counts.source_events += 1;
+                self.kinds.source(source_kind);
+                for index in upcasted.applied {
+                    report::bump(&mut counts.upcasters, registry.upcasters()[index].origin());
+                }
+                match (touched, outputs) {
+                    (false, _) => counts.unchanged += 1,
+                    (true, 0) => counts.dropped += 1,
+                    (true, 1) => counts.upcast += 1,
+                    (true, _) => counts.split += 1,
+                }
+                counts.target_events += outputs as u64;
+                for (_, output) in &pending[first..] {
+                    self.kinds.target(&output.event_type, output.version);
                 }
                 Ok(())
             }

@@ -139,6 +139,22 @@ impl StreamTemplate {
         self.parts == [Part::Stream]
     }
 
+    /// The target stream name for an event that is not needed afterwards: the same name as
+    /// [`render`](Self::render) gives, but an identity template moves the event's own stream
+    /// name out (leaving it empty) instead of copying it.
+    pub fn render_into_target(&self, event: &mut Event) -> Result<String, TemplateError> {
+        if !self.is_identity() {
+            return self.render(event);
+        }
+        validate_stream_name(&event.stream).map_err(|source| TemplateError::BadName {
+            template: self.text.clone(),
+            event_id: event.id,
+            stream: event.stream.clone(),
+            source,
+        })?;
+        Ok(std::mem::take(&mut event.stream))
+    }
+
     /// The target stream name for an event.
     pub fn render(&self, event: &mut Event) -> Result<String, TemplateError> {
         let mut name = String::with_capacity(event.stream.len() + 16);

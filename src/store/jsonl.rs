@@ -418,8 +418,7 @@ impl JsonlSink {
                 placed.first_position + i,
             );
             self.line.clear();
-            serde_json::to_writer(&mut self.line, &envelope)
-                .expect("an envelope always serializes");
+            envelope.write_json(&mut self.line);
             self.line.push(b'\n');
             self.file
                 .write_all(&self.line)

@@ -267,15 +267,16 @@ impl Registry {
             source,
         };
         let data = take_value(&mut event.data).map_err(|e| payload_error(&event, e))?;
-        // `Some(raw)`: no upcaster of the chain reads the metadata; outputs get it back as is.
-        let (metadata, kept_metadata) = if self.chain_reads_metadata[first] {
-            let value = take_value(&mut event.metadata).map_err(|e| payload_error(&event, e))?;
-            (value, None)
+        // No upcaster of the chain reads the metadata: outputs get it back as the bytes it was.
+        let keep_metadata = !self.chain_reads_metadata[first];
+        let metadata = if keep_metadata {
+            Value::Null
         } else {
-            (Value::Null, Some(&event.metadata))
+            take_value(&mut event.metadata).map_err(|e| payload_error(&event, e))?
         };
         let start = UpcastEvent {
-            event_type: event.event_type.clone(),
+            // Nothing reads the source's type after this point (errors name the upcaster's).
+            event_type: std::mem::take(&mut event.event_type),
             version: event.version,
             data,
             metadata,
@@ -283,29 +284,39 @@ impl Registry {
         let mut outputs = Vec::new();
         let mut applied = Vec::new();
         self.expand(start, &event, &mut outputs, &mut applied)?;
-        let single = outputs.len() == 1;
-        let events = outputs
-            .into_iter()
-            .enumerate()
-            .map(|(index, output)| Event {
-                stream: event.stream.clone(),
+        let count = outputs.len();
+        let mut events = Vec::with_capacity(count);
+        for (index, output) in outputs.into_iter().enumerate() {
+            // The last output takes the source's strings; earlier ones (splits) copy them.
+            let last = index + 1 == count;
+            let take_or_clone = |text: &mut String| match last {
+                true => std::mem::take(text),
+                false => text.clone(),
+            };
+            events.push(Event {
+                stream: take_or_clone(&mut event.stream),
                 revision: event.revision,
                 position: event.position,
-                id: if single {
-                    event.id
-                } else {
-                    derived_event_id(event.id, index)
+                id: match count {
+                    1 => event.id,
+                    _ => derived_event_id(event.id, index),
                 },
                 event_type: output.event_type,
                 version: output.version,
                 data: Payload::Parsed(output.data),
-                metadata: match kept_metadata {
-                    Some(raw) => raw.clone(),
-                    None => Payload::Parsed(output.metadata),
+                metadata: match (keep_metadata, last) {
+                    (true, true) => {
+                        std::mem::replace(&mut event.metadata, Payload::Parsed(Value::Null))
+                    }
+                    (true, false) => event.metadata.clone(),
+                    (false, _) => Payload::Parsed(output.metadata),
                 },
-                recorded_at: event.recorded_at.clone(),
-            })
-            .collect();
+                recorded_at: match last {
+                    true => event.recorded_at.take(),
+                    false => event.recorded_at.clone(),
+                },
+            });
+        }
         Ok(Upcasted { events, applied })
     }
 
@@ -322,13 +333,13 @@ impl Registry {
         };
         let upcaster = &self.upcasters[index];
         applied.push(index);
-        let kind = EventKind::new(current.event_type.clone(), current.version);
         let results = upcaster
             .upcast(current)
             .map_err(|source_error| UpcastError::Failed {
                 upcaster: upcaster.origin().to_string(),
                 event_id: source.id,
-                kind,
+                // The upcaster was found by this event's kind.
+                kind: upcaster.input(),
                 stream: source.stream.clone(),
                 position: source.position.unwrap_or_default(),
                 source: source_error,

@@ -149,9 +149,9 @@ impl SledStore {
             let revision = tail.next_revision();
             let position = staged.next_position;
             staged.starts.push(staged.lines.len());
-            let envelope = new_event.envelope(stream, revision, position);
-            serde_json::to_writer(&mut staged.lines, &envelope)
-                .expect("an envelope always serializes");
+            new_event
+                .envelope(stream, revision, position)
+                .write_json(&mut staged.lines);
             staged.lines.push(b'\n');
             tail.push(position, &new_event.id);
             staged.next_position += 1;

@@ -15,6 +15,9 @@ use serde_json::Value;
 use std::fmt;
 use uuid::Uuid;
 
+mod envelope;
+pub use envelope::EnvelopeRef;
+
 /// Errors about a single event or stream name.
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
@@ -184,47 +187,9 @@ impl Event {
 
     /// One line of JSON in the envelope shape (no trailing newline).
     pub fn to_json_line(&self) -> String {
-        serde_json::to_string(self).expect("an envelope always serializes")
-    }
-}
-
-/// An envelope borrowing its parts, serialized exactly as an [`Event`] is: what a sink writes
-/// without first moving an event's parts into an `Event` of its own.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct EnvelopeRef<'a> {
-    pub stream: &'a str,
-    pub revision: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub position: Option<u64>,
-    pub id: &'a Uuid,
-    #[serde(rename = "type")]
-    pub event_type: &'a str,
-    pub version: u32,
-    pub data: &'a Payload,
-    pub metadata: &'a Payload,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub recorded_at: Option<&'a str>,
-}
-
-impl Serialize for Event {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        EnvelopeRef::from(self).serialize(serializer)
-    }
-}
-
-impl<'a> From<&'a Event> for EnvelopeRef<'a> {
-    fn from(e: &'a Event) -> Self {
-        EnvelopeRef {
-            stream: &e.stream,
-            revision: e.revision,
-            position: e.position,
-            id: &e.id,
-            event_type: &e.event_type,
-            version: e.version,
-            data: &e.data,
-            metadata: &e.metadata,
-            recorded_at: e.recorded_at.as_deref(),
-        }
+        let mut line = Vec::with_capacity(256);
+        EnvelopeRef::from(self).write_json(&mut line);
+        String::from_utf8(line).expect("an envelope is written as UTF-8")
     }
 }
 
