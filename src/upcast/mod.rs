@@ -139,11 +139,20 @@ pub trait Upcaster: Send + Sync {
 pub const RECAST_NAMESPACE: Uuid = Uuid::from_u128(0x5f0b_7a2e_9c31_4d8e_b6a4_3e1f_0c27_d915);
 
 /// The id of output `index` of the event `source`: stable across runs, distinct per output.
+///
+/// It is the UUIDv5 of the source id and the index in [`RECAST_NAMESPACE`], as
+/// `Uuid::new_v5(&RECAST_NAMESPACE, source ++ index as u64 big-endian)` gives it. The SHA-1 is
+/// the `sha1` crate's, which uses the CPU's SHA instructions where it has them: `uuid`'s own
+/// SHA-1 was 5% of a pass-through migration (perf, 1M events), where every event gets an id.
 pub fn derived_event_id(source: Uuid, index: usize) -> Uuid {
-    let mut name = [0u8; 24];
-    name[..16].copy_from_slice(source.as_bytes());
-    name[16..].copy_from_slice(&(index as u64).to_be_bytes());
-    Uuid::new_v5(&RECAST_NAMESPACE, &name)
+    let digest = sha1::Sha1::new()
+        .chain_update(RECAST_NAMESPACE.as_bytes())
+        .chain_update(source.as_bytes())
+        .chain_update((index as u64).to_be_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_sha1_bytes(bytes).into_uuid()
 }
 
 /// What the chain made of one event.
@@ -470,6 +479,24 @@ fn find_cycle(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_ids_are_the_uuid_v5_of_source_and_index() {
+        for (source, index) in [
+            (0u128, 0usize),
+            (7, 1),
+            (u128::MAX, 3),
+            (0x1234_5678, 1 << 40),
+        ] {
+            let source = Uuid::from_u128(source);
+            let mut name = source.as_bytes().to_vec();
+            name.extend_from_slice(&(index as u64).to_be_bytes());
+            assert_eq!(
+                derived_event_id(source, index),
+                Uuid::new_v5(&RECAST_NAMESPACE, &name)
+            );
+        }
+    }
     use serde_json::json;
 
     fn file(name: &str, text: &str) -> Arc<dyn Upcaster> {
