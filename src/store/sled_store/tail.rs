@@ -59,9 +59,11 @@ impl Tail {
         tail
     }
 
-    /// Bytes counted against the cache.
+    /// Bytes counted against the cache: what the vectors hold allocated, not what they use,
+    /// so that the cache's bound is the memory it takes. (Counting their lengths let the
+    /// pending entries' spare capacity, up to as much again, grow outside the bound.)
     pub fn bytes(&self) -> usize {
-        OVERHEAD_BYTES + self.window.len() * 2 + self.pending.entries.len()
+        OVERHEAD_BYTES + self.window.capacity() * 2 + self.pending.entries.capacity()
     }
 
     pub fn state(&self) -> StreamState {
