@@ -306,15 +306,15 @@ impl EventSource for JsonlSource {
         format!("jsonl:{}", self.path.display())
     }
 
+    /// Read ahead on a thread of its own ([`super::read_ahead`]).
     fn read_all(&self, after: Option<u64>) -> EventStream<'_> {
-        let events = self.events();
-        Box::pin(async_stream::try_stream! {
-            for event in events? {
-                let event = event?;
-                if after.is_none_or(|after| event.position.is_some_and(|p| p > after)) {
-                    yield event;
-                }
-            }
+        let path = self.path.clone();
+        super::read_ahead::read_ahead(self.path.clone(), move || {
+            let is_after = move |event: &Result<Event, StoreError>| match event {
+                Ok(event) => after.is_none_or(|after| event.position.is_some_and(|p| p > after)),
+                Err(_) => true,
+            };
+            Ok(LogReader::open(&path)?.filter(is_after))
         })
     }
 

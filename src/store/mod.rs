@@ -16,6 +16,7 @@ pub mod digest;
 pub mod esdb;
 mod heads;
 pub mod jsonl;
+pub mod read_ahead;
 pub mod sled_store;
 
 use crate::event::{EnvelopeRef, Event, EventError, Payload};

@@ -1,0 +1,173 @@
+//! Reading ahead: a source's reading and parsing run on a thread of their own, while the
+//! consumer of the [`EventStream`] upcasts, folds and writes on another.
+//!
+//! [`read_ahead`] takes a function that opens a plain iterator of events (the JSONL
+//! [`LogReader`](super::jsonl::LogReader)) and runs it on a new thread. Events cross over in
+//! batches of [`BATCH_EVENTS`], at most [`BATCHES_AHEAD`] batches ahead of the consumer, so the
+//! memory it takes is bounded by those two numbers and not by the log. Order is kept: the
+//! stream yields exactly what the iterator gives, in its order, and ends after the first error.
+//!
+//! Why: parsing a JSONL line was 30-40% of a pass-through migration and most of the rest is
+//! independent of it, so on a machine with a second core the two halves overlap. Dropping the
+//! stream stops the thread at its next batch. A reader thread that dies without finishing (a
+//! panic) ends the stream with an error, never as if the log had ended there.
+
+use super::{EventStream, StoreError};
+use crate::event::Event;
+use std::path::PathBuf;
+use tokio::sync::mpsc;
+
+/// Events per batch handed from the reading thread to the consumer.
+pub const BATCH_EVENTS: usize = 256;
+
+/// Batches the reading thread may be ahead of the consumer.
+pub const BATCHES_AHEAD: usize = 4;
+
+/// What the reading thread sends.
+enum Ahead {
+    Events(Vec<Event>),
+    Failed(StoreError),
+    End,
+}
+
+/// Runs `open` and the iterator it returns on a thread of their own; `path` names the source
+/// in the error raised when that thread cannot start or dies.
+pub fn read_ahead<F, I>(path: PathBuf, open: F) -> EventStream<'static>
+where
+    F: FnOnce() -> Result<I, StoreError> + Send + 'static,
+    I: Iterator<Item = Result<Event, StoreError>>,
+{
+    let (sender, mut receiver) = mpsc::channel(BATCHES_AHEAD);
+    let started = std::thread::Builder::new()
+        .name("recast-read-ahead".into())
+        .spawn(move || read_into(open, &sender));
+    Box::pin(async_stream::try_stream! {
+        started.map_err(|source| thread_error(&path, source))?;
+        loop {
+            match receiver.recv().await {
+                Some(Ahead::Events(events)) => {
+                    for event in events {
+                        yield event;
+                    }
+                }
+                Some(Ahead::Failed(err)) => Err::<(), _>(err)?,
+                Some(Ahead::End) => break,
+                None => Err::<(), _>(thread_error(
+                    &path,
+                    std::io::Error::other("the reading thread stopped before the end of the log"),
+                ))?,
+            }
+        }
+    })
+}
+
+/// The reading thread: batches the iterator's events until it ends, fails, or nobody reads.
+fn read_into<F, I>(open: F, sender: &mpsc::Sender<Ahead>)
+where
+    F: FnOnce() -> Result<I, StoreError>,
+    I: Iterator<Item = Result<Event, StoreError>>,
+{
+    let events = match open() {
+        Ok(events) => events,
+        Err(err) => {
+            let _ = sender.blocking_send(Ahead::Failed(err));
+            return;
+        }
+    };
+    let mut batch = Vec::with_capacity(BATCH_EVENTS);
+    for event in events {
+        match event {
+            Ok(event) => batch.push(event),
+            Err(err) => {
+                // The events before the error are delivered first; nothing after it.
+                let _ = sender.blocking_send(Ahead::Events(batch));
+                let _ = sender.blocking_send(Ahead::Failed(err));
+                return;
+            }
+        }
+        if batch.len() == BATCH_EVENTS {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_EVENTS));
+            if sender.blocking_send(Ahead::Events(full)).is_err() {
+                return; // The stream was dropped: nobody reads any more.
+            }
+        }
+    }
+    let _ = sender.blocking_send(Ahead::Events(batch));
+    let _ = sender.blocking_send(Ahead::End);
+}
+
+fn thread_error(path: &std::path::Path, source: std::io::Error) -> StoreError {
+    StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::TryStreamExt;
+
+    fn event(n: u64) -> Event {
+        serde_json::from_str(&format!(
+            r#"{{"stream":"s-{n}","revision":0,"position":{n},"id":"00000000-0000-0000-0000-{n:012}","type":"T","data":{{}}}}"#
+        ))
+        .unwrap()
+    }
+
+    fn positions(events: &[Event]) -> Vec<u64> {
+        events.iter().filter_map(|e| e.position).collect()
+    }
+
+    #[tokio::test]
+    async fn yields_every_event_in_order_across_batches() {
+        let count = BATCH_EVENTS as u64 * 3 + 7;
+        let stream = read_ahead("log".into(), move || Ok((0..count).map(|n| Ok(event(n)))));
+        let events: Vec<Event> = stream.try_collect().await.unwrap();
+        assert_eq!(positions(&events), (0..count).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn delivers_the_events_before_an_error_then_the_error() {
+        let failing = (0..10u64).map(|n| match n {
+            5 => Err(StoreError::BadLocation("line 6".into())),
+            n => Ok(event(n)),
+        });
+        let mut stream = read_ahead("log".into(), move || Ok(failing));
+        let mut seen = Vec::new();
+        let err = loop {
+            match stream.try_next().await {
+                Ok(Some(event)) => seen.push(event),
+                Ok(None) => panic!("the stream ended without the error"),
+                Err(err) => break err,
+            }
+        };
+        assert_eq!(positions(&seen), vec![0, 1, 2, 3, 4]);
+        assert!(matches!(err, StoreError::BadLocation(ref l) if l == "line 6"));
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_dies_is_an_error_not_the_end_of_the_log() {
+        let dying = (0..BATCH_EVENTS as u64 + 1).map(|n| {
+            assert!(
+                n < BATCH_EVENTS as u64,
+                "reader thread dies here (expected in this test)"
+            );
+            Ok(event(n))
+        });
+        let stream = read_ahead("log".into(), move || Ok(dying));
+        let err = stream.try_collect::<Vec<Event>>().await.unwrap_err();
+        assert!(err.to_string().contains("stopped before the end"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_open_error_is_the_first_item() {
+        let stream = read_ahead("log".into(), || {
+            Err::<std::iter::Empty<Result<Event, StoreError>>, _>(StoreError::BadLocation(
+                "x".into(),
+            ))
+        });
+        let err = stream.try_collect::<Vec<Event>>().await.unwrap_err();
+        assert!(matches!(err, StoreError::BadLocation(_)));
+    }
+}
