@@ -394,7 +394,7 @@ impl Run<'_, '_> {
                     let stream = match migration.template.render_into_target(&mut output) {
                         Ok(stream) => stream,
                         Err(err) => {
-                            // The batch before this event is still written: leave none of it.
+                            // The events before this one are still written; none of its outputs.
                             pending.truncate(first);
                             return Err(err.into());
                         }
