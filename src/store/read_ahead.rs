@@ -9,8 +9,9 @@
 //!
 //! Why: parsing a JSONL line was 30-40% of a pass-through migration and most of the rest is
 //! independent of it, so on a machine with a second core the two halves overlap. Dropping the
-//! stream stops the thread at its next batch. A reader thread that dies without finishing (a
-//! panic) ends the stream with an error, never as if the log had ended there.
+//! stream stops the thread at its next batch and waits for it, so nothing the thread holds
+//! outlives the stream. A reader thread that dies without finishing (a panic) ends the stream
+//! with an error, never as if the log had ended there.
 
 use super::{EventStream, StoreError};
 use crate::event::Event;
@@ -37,14 +38,33 @@ where
     F: FnOnce() -> Result<I, StoreError> + Send + 'static,
     I: Iterator<Item = Result<Event, StoreError>>,
 {
-    let (sender, mut receiver) = mpsc::channel(BATCHES_AHEAD);
+    let (sender, receiver) = mpsc::channel(BATCHES_AHEAD);
     let started = std::thread::Builder::new()
         .name("recast-read-ahead".into())
         .spawn(move || read_into(open, &sender));
+    // Made before the stream is first polled, so that dropping an unpolled stream also waits.
+    let (mut reading, not_started) = match started {
+        Ok(thread) => (
+            Reading {
+                receiver,
+                thread: Some(thread),
+            },
+            None,
+        ),
+        Err(source) => (
+            Reading {
+                receiver,
+                thread: None,
+            },
+            Some(source),
+        ),
+    };
     Box::pin(async_stream::try_stream! {
-        started.map_err(|source| thread_error(&path, source))?;
+        if let Some(source) = not_started {
+            Err::<(), _>(thread_error(&path, source))?;
+        }
         loop {
-            match receiver.recv().await {
+            match reading.receiver.recv().await {
                 Some(Ahead::Events(events)) => {
                     for event in events {
                         yield event;
@@ -59,6 +79,24 @@ where
             }
         }
     })
+}
+
+/// The consumer's end: when the stream is dropped, it closes the channel and waits for the
+/// reading thread, so that nothing the thread holds (an open file, a store's sled tree)
+/// outlives the stream. The wait is at most the parsing of one batch.
+struct Reading {
+    receiver: mpsc::Receiver<Ahead>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.receiver.close();
+        if let Some(thread) = self.thread.take() {
+            // A thread that panicked has already ended the stream with an error.
+            let _ = thread.join();
+        }
+    }
 }
 
 /// The reading thread: batches the iterator's events until it ends, fails, or nobody reads.
@@ -158,6 +196,21 @@ mod tests {
         let stream = read_ahead("log".into(), move || Ok(dying));
         let err = stream.try_collect::<Vec<Event>>().await.unwrap_err();
         assert!(err.to_string().contains("stopped before the end"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_stream_stops_the_thread_and_waits_for_it() {
+        let held = std::sync::Arc::new(());
+        let in_thread = held.clone();
+        let endless = (0u64..).map(move |n| {
+            let _keep = &in_thread;
+            Ok(event(n))
+        });
+        let mut stream = read_ahead("log".into(), move || Ok(endless));
+        assert_eq!(stream.try_next().await.unwrap().unwrap().position, Some(0));
+        drop(stream);
+        // The thread's iterator, and the clone it holds, are gone once the drop returns.
+        assert_eq!(std::sync::Arc::strong_count(&held), 1);
     }
 
     #[tokio::test]

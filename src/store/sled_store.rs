@@ -62,7 +62,8 @@ pub struct SledStore {
     tail_bytes: usize,
     /// The most bytes `tails` may hold: [`TAIL_CACHE_BYTES`] (tests make it small).
     tail_budget: usize,
-    log: log_file::LogFile,
+    /// Shared with the threads that read the log ahead ([`EventSource::read_all`]).
+    log: std::sync::Arc<log_file::LogFile>,
     /// The full index chunks, and its committed length (the `J` key).
     index: log_file::LogFile,
     index_bytes: u64,
@@ -97,7 +98,7 @@ impl SledStore {
         }
         let committed = tree.get(LOG_BYTES).map_err(sled_error)?;
         let committed = committed.map_or(0, |bytes| read_u64(&bytes));
-        let log = log_file::LogFile::open(path, log_file::EVENTS, committed)?;
+        let log = std::sync::Arc::new(log_file::LogFile::open(path, log_file::EVENTS, committed)?);
         let index_bytes = tree.get(INDEX_BYTES).map_err(sled_error)?;
         let index_bytes = index_bytes.map_or(0, |bytes| read_u64(&bytes));
         let index = log_file::LogFile::open(path, log_file::INDEX, index_bytes)?;
@@ -128,11 +129,7 @@ impl SledStore {
     }
 
     fn decode(&self, position: u64, bytes: &[u8]) -> Result<Event, StoreError> {
-        serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
-            path: self.path.clone(),
-            position,
-            source,
-        })
+        read::decode_event(&self.path, position, bytes)
     }
 
     fn missing(&self, position: u64) -> StoreError {

@@ -2,11 +2,87 @@
 //! index chunks, and the list of streams.
 
 use super::layout::{decode_segment, read_u64, segment_key, segment_lines, STREAM};
+use super::log_file::LogFile;
 use super::SledStore;
 use crate::event::Event;
+use crate::store::read_ahead::read_ahead;
 use crate::store::{EventSource, EventStream, StoreError};
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A stored event's line, parsed.
+pub(super) fn decode_event(path: &Path, position: u64, bytes: &[u8]) -> Result<Event, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        position,
+        source,
+    })
+}
+
+fn sled_error(path: &Path) -> impl Fn(sled::Error) -> StoreError + '_ {
+    move |source| StoreError::Sled {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The segment holding `position`: its first position, and where its lines are.
+fn segment_entry_in(
+    tree: &sled::Tree,
+    path: &Path,
+    position: u64,
+) -> Result<Option<(u64, u64, usize)>, StoreError> {
+    let last = tree
+        .range(segment_key(0)..=segment_key(position))
+        .next_back();
+    let found = last.transpose().map_err(sled_error(path))?;
+    Ok(found.map(|(key, value)| {
+        let (offset, len) = decode_segment(&value);
+        (read_u64(&key), offset, len)
+    }))
+}
+
+/// The segments from the one holding `position` to the end of the log, each as its first
+/// position and its lines. The iterator owns what it reads with, so it can run on a thread of
+/// its own.
+fn segments_in(
+    tree: &sled::Tree,
+    log: Arc<LogFile>,
+    path: PathBuf,
+    position: u64,
+) -> Result<impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + 'static, StoreError> {
+    let first = segment_entry_in(tree, &path, position)?.map_or(0, |(first, ..)| first);
+    let keys = tree.range(segment_key(first)..=segment_key(u64::MAX));
+    Ok(keys.map(move |item| {
+        let (key, value) = item.map_err(sled_error(&path))?;
+        let (offset, len) = decode_segment(&value);
+        Ok((read_u64(&key), log.read(offset, len)?))
+    }))
+}
+
+/// The events of the log from position `start` on.
+fn events_in(
+    tree: &sled::Tree,
+    log: Arc<LogFile>,
+    path: PathBuf,
+    start: u64,
+) -> Result<impl Iterator<Item = Result<Event, StoreError>>, StoreError> {
+    let segments = segments_in(tree, log, path.clone(), start)?;
+    Ok(segments.flat_map(move |segment| {
+        // A segment is at most 64 KiB of lines: parsed whole, then handed out one by one.
+        let events: Vec<Result<Event, StoreError>> = match segment {
+            Err(err) => vec![Err(err)],
+            Ok((first, bytes)) => segment_lines(&bytes)
+                .zip(first..)
+                .filter(|(_, position)| *position >= start)
+                .map(|(line, position)| decode_event(&path, position, line))
+                .collect(),
+        };
+        events
+    }))
+}
 
 impl SledStore {
     /// The segment holding `position`: its first position, and where its lines are.
@@ -14,15 +90,7 @@ impl SledStore {
         &self,
         position: u64,
     ) -> Result<Option<(u64, u64, usize)>, StoreError> {
-        let last = self
-            .tree
-            .range(segment_key(0)..=segment_key(position))
-            .next_back();
-        let found = last.transpose().map_err(|e| self.sled_error(e))?;
-        Ok(found.map(|(key, value)| {
-            let (offset, len) = decode_segment(&value);
-            (read_u64(&key), offset, len)
-        }))
+        segment_entry_in(&self.tree, &self.path, position)
     }
 
     /// The segment holding `position`: its first position and its lines.
@@ -39,13 +107,7 @@ impl SledStore {
         &self,
         position: u64,
     ) -> Result<impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_, StoreError> {
-        let first = self.segment_entry(position)?.map_or(0, |(first, ..)| first);
-        let keys = self.tree.range(segment_key(first)..=segment_key(u64::MAX));
-        Ok(keys.map(move |item| {
-            let (key, value) = item.map_err(|e| self.sled_error(e))?;
-            let (offset, len) = decode_segment(&value);
-            Ok((read_u64(&key), self.log.read(offset, len)?))
-        }))
+        segments_in(&self.tree, self.log.clone(), self.path.clone(), position)
     }
 
     /// The stored event at `position`; `segment` keeps the last segment read, for the next call.
@@ -74,24 +136,17 @@ impl EventSource for SledStore {
         format!("sled:{}", self.path.display())
     }
 
+    /// Read ahead on a thread of its own ([`read_ahead`]), which holds a handle on the tree and
+    /// the log file until the stream is dropped.
     fn read_all(&self, after: Option<u64>) -> EventStream<'_> {
         let start = match after {
-            Some(u64::MAX) => None,
-            Some(p) => Some(p + 1),
-            None => Some(0),
+            Some(u64::MAX) => return Box::pin(futures::stream::empty()),
+            Some(p) => p + 1,
+            None => 0,
         };
-        Box::pin(async_stream::try_stream! {
-            if let Some(start) = start {
-                for segment in self.segments_from(start)? {
-                    let (first, segment) = segment?;
-                    for (index, line) in segment_lines(&segment).enumerate() {
-                        let position = first + index as u64;
-                        if position >= start {
-                            yield self.decode(position, line)?;
-                        }
-                    }
-                }
-            }
+        let (tree, log, path) = (self.tree.clone(), self.log.clone(), self.path.clone());
+        read_ahead(self.path.clone(), move || {
+            events_in(&tree, log, path, start)
         })
     }
 
