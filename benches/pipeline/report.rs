@@ -68,19 +68,22 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// The median of row `id`'s rounds in `series` (one entry per row of [`ROWS`]).
+fn row_median(series: &[Vec<f64>], id: &str) -> Option<f64> {
+    let index = ROWS.iter().position(|r| r.id == id).expect("known row");
+    let times = &series[index];
+    (!times.is_empty()).then(|| median(times.clone()))
+}
+
 impl Results {
     /// The median seconds of a row; `None` when it was not timed.
     fn time(&self, id: &str) -> Option<f64> {
-        let index = ROWS.iter().position(|r| r.id == id).expect("known row");
-        let times = &self.seconds[index];
-        (!times.is_empty()).then(|| median(times.clone()))
+        row_median(&self.seconds, id)
     }
 
     /// The median CPU seconds of a row; `None` when it was not timed.
     fn cpu_time(&self, id: &str) -> Option<f64> {
-        let index = ROWS.iter().position(|r| r.id == id).expect("known row");
-        let times = &self.cpu_seconds[index];
-        (!times.is_empty()).then(|| median(times.clone()))
+        row_median(&self.cpu_seconds, id)
     }
 
     /// Ratio of bounded rebuild time to parse + fold time plus raw writes of its dirty rows.

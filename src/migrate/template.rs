@@ -146,12 +146,7 @@ impl StreamTemplate {
         if !self.is_identity() {
             return self.render(event);
         }
-        validate_stream_name(&event.stream).map_err(|source| TemplateError::BadName {
-            template: self.text.clone(),
-            event_id: event.id,
-            stream: event.stream.clone(),
-            source,
-        })?;
+        self.check_name(&event.stream, event)?;
         Ok(std::mem::take(&mut event.stream))
     }
 
@@ -189,13 +184,18 @@ impl StreamTemplate {
                 }
             }
         }
-        validate_stream_name(&name).map_err(|source| TemplateError::BadName {
+        self.check_name(&name, event)?;
+        Ok(name)
+    }
+
+    /// Refuses a target name that no store accepts, naming the event it was made for.
+    fn check_name(&self, name: &str, event: &Event) -> Result<(), TemplateError> {
+        validate_stream_name(name).map_err(|source| TemplateError::BadName {
             template: self.text.clone(),
             event_id: event.id,
             stream: event.stream.clone(),
             source,
-        })?;
-        Ok(name)
+        })
     }
 }
 

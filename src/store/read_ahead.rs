@@ -42,23 +42,12 @@ where
     let started = std::thread::Builder::new()
         .name("recast-read-ahead".into())
         .spawn(move || read_into(open, &sender));
-    // Made before the stream is first polled, so that dropping an unpolled stream also waits.
-    let (mut reading, not_started) = match started {
-        Ok(thread) => (
-            Reading {
-                receiver,
-                thread: Some(thread),
-            },
-            None,
-        ),
-        Err(source) => (
-            Reading {
-                receiver,
-                thread: None,
-            },
-            Some(source),
-        ),
+    let (thread, not_started) = match started {
+        Ok(thread) => (Some(thread), None),
+        Err(source) => (None, Some(source)),
     };
+    // Made before the stream is first polled, so that dropping an unpolled stream also waits.
+    let mut reading = Reading { receiver, thread };
     Box::pin(async_stream::try_stream! {
         if let Some(source) = not_started {
             Err::<(), _>(thread_error(&path, source))?;

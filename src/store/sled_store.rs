@@ -51,6 +51,14 @@ use std::path::{Path, PathBuf};
 /// store keeps in memory between appends.
 pub const TAIL_CACHE_BYTES: usize = 32 << 20;
 
+/// The error of a sled operation on the store in `path`.
+fn sled_error_in(path: &Path) -> impl Fn(sled::Error) -> StoreError + Copy + '_ {
+    move |source| StoreError::Sled {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 /// The sled event store.
 pub struct SledStore {
     path: PathBuf,
@@ -74,10 +82,7 @@ impl SledStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db =
             open_db(path, EVENT_STORE_CACHE_BYTES).map_err(|source| open_error(path, source))?;
-        let sled_error = |source| StoreError::Sled {
-            path: path.to_path_buf(),
-            source,
-        };
+        let sled_error = sled_error_in(path);
         let tree = db.open_tree("log").map_err(sled_error)?;
         match tree.get(LAYOUT_KEY).map_err(sled_error)? {
             Some(layout) if layout == LAYOUT => {}
@@ -118,10 +123,7 @@ impl SledStore {
     }
 
     fn sled_error(&self, source: sled::Error) -> StoreError {
-        StoreError::Sled {
-            path: self.path.clone(),
-            source,
-        }
+        sled_error_in(&self.path)(source)
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {

@@ -3,7 +3,7 @@
 
 use super::layout::{decode_segment, read_u64, segment_key, segment_lines, STREAM};
 use super::log_file::LogFile;
-use super::SledStore;
+use super::{sled_error_in, SledStore};
 use crate::event::Event;
 use crate::store::read_ahead::read_ahead;
 use crate::store::{EventSource, EventStream, StoreError};
@@ -21,13 +21,6 @@ pub(super) fn decode_event(path: &Path, position: u64, bytes: &[u8]) -> Result<E
     })
 }
 
-fn sled_error(path: &Path) -> impl Fn(sled::Error) -> StoreError + '_ {
-    move |source| StoreError::Sled {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 /// The segment holding `position`: its first position, and where its lines are.
 fn segment_entry_in(
     tree: &sled::Tree,
@@ -37,7 +30,7 @@ fn segment_entry_in(
     let last = tree
         .range(segment_key(0)..=segment_key(position))
         .next_back();
-    let found = last.transpose().map_err(sled_error(path))?;
+    let found = last.transpose().map_err(sled_error_in(path))?;
     Ok(found.map(|(key, value)| {
         let (offset, len) = decode_segment(&value);
         (read_u64(&key), offset, len)
@@ -56,7 +49,7 @@ fn segments_in(
     let first = segment_entry_in(tree, &path, position)?.map_or(0, |(first, ..)| first);
     let keys = tree.range(segment_key(first)..=segment_key(u64::MAX));
     Ok(keys.map(move |item| {
-        let (key, value) = item.map_err(sled_error(&path))?;
+        let (key, value) = item.map_err(sled_error_in(&path))?;
         let (offset, len) = decode_segment(&value);
         Ok((read_u64(&key), log.read(offset, len)?))
     }))
