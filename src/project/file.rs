@@ -24,10 +24,11 @@ use super::ops::{
 use super::undo::UndoLog;
 use super::{ColumnType, Projection, ProjectionKind};
 use crate::event::{canonical_json, Event};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Errors of loading a projection file.
@@ -99,6 +100,8 @@ pub struct ProjectionSpec {
 }
 
 struct Handler {
+    /// Its place among the file's `[[on]]` handlers, from 1 (errors name it).
+    number: usize,
     key: Option<CompiledSource>,
     ops: Vec<CompiledProjectionOp>,
 }
@@ -107,7 +110,9 @@ struct Handler {
 pub struct FileProjection {
     origin: String,
     spec: ProjectionSpec,
-    handlers: HashMap<String, Vec<Handler>>,
+    // Fx: every event asks every projection for its handlers, and SipHash was the lookup's
+    // cost.
+    handlers: FxHashMap<String, Vec<Handler>>,
     initial: Value,
     checksum: String,
 }
@@ -178,7 +183,7 @@ impl FileProjection {
             CompiledSource::compile(&source).map_err(|e| invalid(format!("key {text:?}: {e}")))
         };
         let file_key = spec.key.as_deref().map(key_source).transpose()?;
-        let mut handlers: HashMap<String, Vec<Handler>> = HashMap::new();
+        let mut handlers: FxHashMap<String, Vec<Handler>> = FxHashMap::default();
         for (h, handler) in spec.on.iter().enumerate() {
             let key = match (&handler.key, &file_key, spec.kind) {
                 (Some(text), _, ProjectionKind::Table) => Some(key_source(text)?),
@@ -217,7 +222,11 @@ impl FileProjection {
             handlers
                 .entry(handler.event_type.clone())
                 .or_default()
-                .push(Handler { key, ops });
+                .push(Handler {
+                    number: h + 1,
+                    key,
+                    ops,
+                });
         }
         if spec.kind == ProjectionKind::Snapshot && spec.key.is_some() {
             return Err(invalid(
@@ -258,6 +267,16 @@ fn key_text(value: Option<std::borrow::Cow<'_, Value>>) -> Option<String> {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
+    }
+}
+
+/// True when a key source's value is `key`, as [`key_text`] would print it (without
+/// allocating for the usual string key).
+fn key_is(value: Option<std::borrow::Cow<'_, Value>>, key: &str) -> bool {
+    match value.as_deref() {
+        Some(Value::String(s)) => s == key,
+        Some(Value::Number(n)) => n.to_string() == key,
+        _ => false,
     }
 }
 
@@ -336,16 +355,9 @@ impl Projection for FileProjection {
         undo: &mut UndoLog,
     ) -> Result<Outcome, crate::upcast::BoxError> {
         let mut outcome = Outcome::Keep;
-        let positions = self
-            .spec
-            .on
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| h.event_type == event.event_type)
-            .map(|(i, _)| i + 1);
-        for (handler, number) in self.handlers(event).iter().zip(positions) {
+        for handler in self.handlers(event) {
             if let Some(source) = &handler.key {
-                if key_text(source.read(event, data)).as_deref() != Some(key) {
+                if !key_is(source.read(event, data), key) {
                     continue;
                 }
             }
@@ -353,7 +365,7 @@ impl Projection for FileProjection {
                 let result =
                     op.apply(state, event, data, undo)
                         .map_err(|source| HandlerFailure::Op {
-                            handler: number,
+                            handler: handler.number,
                             event_type: event.event_type.clone(),
                             index: i + 1,
                             name: op.op().name(),

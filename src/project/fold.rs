@@ -18,7 +18,8 @@ use super::{Projection, ProjectionKind};
 use crate::migrate::ErrorPolicy;
 use crate::readmodel::{DeadLetter, PartCheckpoint};
 use crate::Event;
-use rustc_hash::FxHashMap;
+use hashbrown::hash_map::EntryRef;
+use rustc_hash::FxBuildHasher;
 use serde_json::Value;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -102,21 +103,39 @@ struct Change {
 struct Prior {
     revision: u64,
     had_state: bool,
+    size: usize,
 }
 
 /// Loads a stored state: (member index, key) -> state, if stored.
 pub type Loader<'a> =
     dyn Fn(usize, &str) -> Result<Option<Value>, crate::readmodel::ReadModelError> + 'a;
 
+/// The state in a stored row of a projection of `kind`: a snapshot row is
+/// `{"revision": r, "state": ...}` (see [`Dirty::into_row`]), a table row is the state.
+fn stored_state(kind: ProjectionKind, row: Option<Value>) -> Option<Value> {
+    match kind {
+        ProjectionKind::Snapshot => row.and_then(|mut row| row.get_mut("state").map(Value::take)),
+        ProjectionKind::Table => row,
+    }
+}
+
 /// The in-memory fold of a set of members.
 pub struct Fold {
     pub members: Vec<Member>,
-    /// Per member: its dirty states by key.
-    dirty: Vec<FxHashMap<String, Dirty>>,
+    /// Per member: its dirty states by key. hashbrown's `entry_ref` finds or makes a key's
+    /// entry in one lookup and copies the key only when it is new.
+    dirty: Vec<DirtyStates>,
     pub dead_letters: Vec<(usize, u64, DeadLetter)>,
+    /// The sum of the dirty states' sizes.
     dirty_bytes: usize,
     policy: ErrorPolicy,
+    /// The changes of the source event being applied, and the members that applied it: kept
+    /// between events so that applying one does not allocate them anew.
+    changes: Vec<Change>,
+    applied: Vec<usize>,
 }
+
+type DirtyStates = hashbrown::HashMap<String, Dirty, FxBuildHasher>;
 
 /// A rough size of a JSON value in memory, in bytes.
 pub fn approximate_size(value: &Value) -> usize {
@@ -137,11 +156,13 @@ impl Fold {
     /// A fold of `members` under an error policy.
     pub fn new(members: Vec<Member>, policy: ErrorPolicy) -> Self {
         Fold {
-            dirty: members.iter().map(|_| FxHashMap::default()).collect(),
+            dirty: members.iter().map(|_| DirtyStates::default()).collect(),
             members,
             dead_letters: Vec::new(),
             dirty_bytes: 0,
             policy,
+            changes: Vec::new(),
+            applied: Vec::new(),
         }
     }
 
@@ -175,24 +196,23 @@ impl Fold {
         load: &Loader<'_>,
         only: &dyn Fn(usize, &Event) -> bool,
     ) -> Result<(), ApplyError> {
-        let mut changes = Vec::new();
-        let mut applied = Vec::new();
-        if let Err(error) = self.apply_all(outputs, load, only, &mut changes, &mut applied) {
-            self.roll_back(changes);
-            return Err(error);
+        let (mut changes, mut applied) = (
+            std::mem::take(&mut self.changes),
+            std::mem::take(&mut self.applied),
+        );
+        let result = self.apply_all(outputs, load, only, &mut changes, &mut applied);
+        match result {
+            Err(_) => self.roll_back(changes.drain(..)),
+            Ok(()) => {
+                changes.clear();
+                for &member in &applied {
+                    self.members[member].checkpoint.events += 1;
+                }
+            }
         }
-        for change in &changes {
-            let Some(dirty) = self.dirty[change.member].get_mut(&change.key) else {
-                continue;
-            };
-            let size = 64 + change.key.len() + dirty.state.as_ref().map_or(0, approximate_size);
-            self.dirty_bytes = self.dirty_bytes + size - dirty.size;
-            dirty.size = size;
-        }
-        for member in applied {
-            self.members[member].checkpoint.events += 1;
-        }
-        Ok(())
+        applied.clear();
+        (self.changes, self.applied) = (changes, applied);
+        result
     }
 
     fn apply_all(
@@ -226,7 +246,7 @@ impl Fold {
                 match self.change(member, event, data, load, changes) {
                     Ok(()) => applied.push(member),
                     Err(source) => {
-                        self.roll_back(changes.drain(mark..).collect());
+                        self.roll_back(changes.drain(mark..));
                         match source.downcast::<crate::readmodel::ReadModelError>() {
                             Ok(store) => return Err(ApplyError::Store(*store)),
                             // Under `stop` this returns, and `apply` takes back the rest.
@@ -251,53 +271,64 @@ impl Fold {
     ) -> Result<(), crate::upcast::BoxError> {
         let projection = self.members[member].projection.clone();
         for key in projection.keys(event, data)? {
-            let prior = self.dirty[member].get(&key).map(|d| Prior {
-                revision: d.revision,
-                had_state: d.state.is_some(),
-            });
-            if prior.is_none() {
-                let stored = self.stored(member, &key, load)?;
-                let dirty = Dirty {
-                    state: stored,
-                    revision: event.revision,
-                    size: 0,
-                };
-                self.dirty[member].insert(key.clone(), dirty);
-            }
-            let dirty = self.dirty[member]
-                .get_mut(&key)
-                .expect("the key was made dirty above");
-            let mut change = Change {
+            let (dirty, prior) = match self.dirty[member].entry_ref(key.as_str()) {
+                EntryRef::Occupied(entry) => {
+                    let dirty = entry.into_mut();
+                    let prior = Prior {
+                        revision: dirty.revision,
+                        had_state: dirty.state.is_some(),
+                        size: dirty.size,
+                    };
+                    (dirty, Some(prior))
+                }
+                EntryRef::Vacant(entry) => {
+                    let state = stored_state(projection.kind(), load(member, &key)?);
+                    let dirty = Dirty {
+                        state,
+                        revision: event.revision,
+                        size: 0,
+                    };
+                    (entry.insert(dirty), None)
+                }
+            };
+            let mut undo = UndoLog::default();
+            let state = dirty.state.get_or_insert_with(|| projection.initial());
+            let outcome = projection.apply_undoable(&key, state, event, data, &mut undo);
+            dirty.revision = event.revision;
+            let deleted = match outcome {
+                Ok(Outcome::Delete) => dirty.state.take(),
+                _ => None,
+            };
+            let size = 64 + key.len() + dirty.state.as_ref().map_or(0, approximate_size);
+            let size_before = std::mem::replace(&mut dirty.size, size);
+            self.dirty_bytes = self.dirty_bytes - size_before + size;
+            changes.push(Change {
                 member,
                 key,
                 prior,
-                undo: UndoLog::default(),
-                deleted: None,
-            };
-            let state = dirty.state.get_or_insert_with(|| projection.initial());
-            let outcome =
-                projection.apply_undoable(&change.key, state, event, data, &mut change.undo);
-            dirty.revision = event.revision;
-            if let Ok(Outcome::Delete) = outcome {
-                change.deleted = dirty.state.take();
-            }
-            changes.push(change);
+                undo,
+                deleted,
+            });
             outcome?;
         }
         Ok(())
     }
 
     /// Takes changes back, last first.
-    fn roll_back(&mut self, changes: Vec<Change>) {
-        for change in changes.into_iter().rev() {
+    fn roll_back(&mut self, changes: impl DoubleEndedIterator<Item = Change>) {
+        for change in changes.rev() {
             let states = &mut self.dirty[change.member];
             let Some(prior) = change.prior else {
-                states.remove(&change.key);
+                if let Some(dirty) = states.remove(&change.key) {
+                    self.dirty_bytes -= dirty.size;
+                }
                 continue;
             };
             let Some(dirty) = states.get_mut(&change.key) else {
                 continue;
             };
+            self.dirty_bytes = self.dirty_bytes - dirty.size + prior.size;
+            dirty.size = prior.size;
             dirty.revision = prior.revision;
             dirty.state = match (prior.had_state, dirty.state.take().or(change.deleted)) {
                 (true, Some(mut state)) => {
@@ -307,22 +338,6 @@ impl Fold {
                 _ => None,
             };
         }
-    }
-
-    /// The stored state of a key that is not dirty.
-    fn stored(
-        &self,
-        member: usize,
-        key: &str,
-        load: &Loader<'_>,
-    ) -> Result<Option<Value>, crate::readmodel::ReadModelError> {
-        let stored = load(member, key)?;
-        Ok(match self.members[member].projection.kind() {
-            ProjectionKind::Snapshot => {
-                stored.and_then(|mut row| row.get_mut("state").map(Value::take))
-            }
-            ProjectionKind::Table => stored,
-        })
     }
 
     /// The log position every member has applied through (`None` while one has applied
@@ -463,6 +478,41 @@ mod tests {
         fold.apply(&outputs, &|_, _| Ok(None), &|_, _| true)
             .unwrap();
         assert_eq!(fold.dirty(0, "s-1").unwrap().state, Some(json!({"n": 5})));
+    }
+
+    #[test]
+    fn dirty_bytes_follow_changes_and_take_backs() {
+        const LIST: &str = "name = \"list\"\nversion = 1\nkind = \"snapshot\"\ninitial = { items = [], n = 0 }\n[[on]]\ntype = \"Add\"\nops = [{ append = { path = \"/items\", from = \"/item\" } }, { add = { path = \"/n\", from = \"/by\" } }]\n[[on]]\ntype = \"Gone\"\nops = [{ delete = true }]\n";
+        let mut fold = Fold::new(vec![member(LIST)], ErrorPolicy::Stop);
+        let size_of = |fold: &Fold| {
+            let state = fold.dirty(0, "s-1").and_then(|d| d.state.clone());
+            64 + "s-1".len() + state.as_ref().map_or(0, approximate_size)
+        };
+        apply(&mut fold, &event(0, "Add", r#"{"item": "a", "by": 1}"#)).unwrap();
+        let before = fold.dirty_bytes();
+        assert_eq!(before, size_of(&fold));
+        // The second output appends a long item, then fails: both outputs are taken back.
+        let failing = [
+            event(1, "Add", r#"{"item": "b", "by": 1}"#),
+            event(
+                1,
+                "Add",
+                r#"{"item": "a long item that changes the size", "by": "x"}"#,
+            ),
+        ];
+        assert!(fold
+            .apply(&failing, &|_, _| Ok(None), &|_, _| true)
+            .is_err());
+        assert_eq!(
+            fold.dirty_bytes(),
+            before,
+            "a taken-back event changes no size"
+        );
+        apply(&mut fold, &event(2, "Add", r#"{"item": "bb", "by": 1}"#)).unwrap();
+        assert!(fold.dirty_bytes() > before);
+        assert_eq!(fold.dirty_bytes(), size_of(&fold));
+        apply(&mut fold, &event(3, "Gone", "{}")).unwrap();
+        assert_eq!(fold.dirty_bytes(), size_of(&fold));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::undo::UndoLog;
 use crate::event::Event;
 use crate::upcast::jq::{object, text, to_val, JqError, JqFilter};
 use crate::upcast::pointer::{type_name, Pointer, PointerError};
-use jaq_json::Val;
+use jaq_json::{Num, Val};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::borrow::Cow;
@@ -288,12 +288,13 @@ impl CompiledProjectionOp {
 
 /// The event as jq ops see it: the envelope with its parsed data.
 fn event_val(event: &Event, data: &Value) -> Val {
-    let number = |n: Option<u64>| n.map_or(Val::Null, |n| to_val(&Value::from(n)));
+    let number = |n: Option<u64>| n.map_or(Val::Null, |n| Val::Num(Num::from_integral(n)));
+    let mut id = uuid::Uuid::encode_buffer();
     object([
         ("stream", text(&event.stream)),
         ("revision", number(Some(event.revision))),
         ("position", number(event.position)),
-        ("id", text(&event.id.to_string())),
+        ("id", text(event.id.as_hyphenated().encode_lower(&mut id))),
         ("type", text(&event.event_type)),
         ("version", number(Some(event.version.into()))),
         ("data", to_val(data)),

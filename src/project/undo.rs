@@ -14,6 +14,7 @@
 //! state, as before.
 
 use crate::upcast::pointer::Pointer;
+use compact_str::CompactString;
 use serde_json::Value;
 
 /// How to take back the writes made to one state, in the order they were made.
@@ -25,7 +26,11 @@ pub struct UndoLog {
 #[derive(Debug)]
 enum Step {
     /// The top-level field `name` held `old` (`None`: it was absent).
-    Field { name: String, old: Option<Value> },
+    // Inline up to 24 bytes: field names are short, and this is written before every write.
+    Field {
+        name: CompactString,
+        old: Option<Value>,
+    },
     /// The list at `pointer` had `len` items before something was appended to it.
     Truncate { pointer: Pointer, len: usize },
     /// The whole state was `old`.
@@ -37,7 +42,7 @@ impl UndoLog {
     pub fn before_write(&mut self, state: &Value, pointer: &Pointer) {
         match (state, pointer.first_token()) {
             (Value::Object(map), Some(name)) => self.steps.push(Step::Field {
-                name: name.to_string(),
+                name: name.into(),
                 old: map.get(name).cloned(),
             }),
             _ => self.before_replace(state),
@@ -83,8 +88,8 @@ impl UndoLog {
                     // later step that replaced it has been taken back already.
                     if let Value::Object(map) = state {
                         match old {
-                            Some(old) => map.insert(name, old),
-                            None => map.remove(&name),
+                            Some(old) => map.insert(name.into(), old),
+                            None => map.remove(name.as_str()),
                         };
                     }
                 }

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::sync::Arc;
 
 /// Why a pointer could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -32,8 +33,10 @@ pub enum PointerError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Pointer {
-    text: String,
-    tokens: Vec<String>,
+    // Shared, so that a clone (the undo log keeps one per append) is two reference counts,
+    // not an allocation per token.
+    text: Arc<str>,
+    tokens: Arc<[String]>,
 }
 
 impl TryFrom<String> for Pointer {
@@ -46,7 +49,7 @@ impl TryFrom<String> for Pointer {
 
 impl From<Pointer> for String {
     fn from(pointer: Pointer) -> String {
-        pointer.text
+        pointer.text.to_string()
     }
 }
 
@@ -86,8 +89,8 @@ impl Pointer {
         };
         if text.is_empty() {
             return Ok(Pointer {
-                text: String::new(),
-                tokens: Vec::new(),
+                text: "".into(),
+                tokens: Arc::new([]),
             });
         }
         let Some(rest) = text.strip_prefix('/') else {
@@ -110,8 +113,8 @@ impl Pointer {
             tokens.push(token);
         }
         Ok(Pointer {
-            text: text.to_string(),
-            tokens,
+            text: text.into(),
+            tokens: tokens.into(),
         })
     }
 
@@ -208,7 +211,7 @@ impl Pointer {
 
     fn not_container(&self, found: &'static str) -> PointerError {
         PointerError::NotContainer {
-            pointer: self.text.clone(),
+            pointer: self.text.to_string(),
             found,
         }
     }
