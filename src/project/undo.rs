@@ -13,14 +13,17 @@
 //! that does not implement [`super::Projection::apply_undoable`] gets a copy of the whole
 //! state, as before.
 
-use crate::upcast::pointer::Pointer;
+use crate::upcast::pointer::{Pointer, PointerError};
 use compact_str::CompactString;
 use serde_json::Value;
+use smallvec::SmallVec;
 
 /// How to take back the writes made to one state, in the order they were made.
 #[derive(Debug, Default)]
 pub struct UndoLog {
-    steps: Vec<Step>,
+    // Inline: most changes record one or two steps, and a heap vector was an allocation per
+    // change.
+    steps: SmallVec<[Step; 2]>,
 }
 
 #[derive(Debug)]
@@ -49,18 +52,39 @@ impl UndoLog {
         }
     }
 
-    /// Records what appending to the list at `pointer` changes: only its length, when the
-    /// list is there (the common case, and the one where copying it would cost the most).
-    pub fn before_append(&mut self, state: &Value, pointer: &Pointer) {
-        match pointer.get(state) {
-            Some(Value::Array(items)) if pointer.first_token().is_some() => {
-                self.steps.push(Step::Truncate {
-                    pointer: pointer.clone(),
-                    len: items.len(),
-                })
-            }
-            _ => self.before_write(state, pointer),
+    /// Writes `value` at `pointer` and records how to take it back. A top-level field of an
+    /// object state is the common case: its old value moves into the log instead of being
+    /// copied.
+    pub fn set(
+        &mut self,
+        state: &mut Value,
+        pointer: &Pointer,
+        value: Value,
+    ) -> Result<(), PointerError> {
+        if let (Value::Object(map), Some(name), 1) =
+            (&mut *state, pointer.first_token(), pointer.depth())
+        {
+            let old = match map.get_mut(name) {
+                Some(slot) => Some(std::mem::replace(slot, value)),
+                None => map.insert(name.to_string(), value),
+            };
+            self.steps.push(Step::Field {
+                name: name.into(),
+                old,
+            });
+            return Ok(());
         }
+        self.before_write(state, pointer);
+        pointer.set(state, value)
+    }
+
+    /// Records what pushing to the list at `pointer`, now `len` items long, changes: only its
+    /// length (copying the list would cost the most, and lists are what states grow by).
+    pub fn before_push(&mut self, pointer: &Pointer, len: usize) {
+        self.steps.push(Step::Truncate {
+            pointer: pointer.clone(),
+            len,
+        })
     }
 
     /// Records the whole state, before something that may replace all of it.
@@ -121,8 +145,8 @@ mod tests {
         pointer("/a").set(&mut state, json!(5)).unwrap();
         undo.before_write(&state, &pointer("/new/deep"));
         pointer("/new/deep").set(&mut state, json!("x")).unwrap();
-        undo.before_append(&state, &pointer("/list"));
         if let Some(Value::Array(items)) = pointer("/list").get_mut(&mut state) {
+            undo.before_push(&pointer("/list"), items.len());
             items.push(json!(3));
         }
         assert_eq!(
@@ -131,6 +155,31 @@ mod tests {
         );
         undo.rollback(&mut state);
         assert_eq!(state, before);
+    }
+
+    #[test]
+    fn set_moves_old_fields_into_the_log_and_takes_every_write_back() {
+        let before = json!({"status": "placed", "deep": {"a": 1}});
+        let mut state = before.clone();
+        let mut undo = UndoLog::default();
+        undo.set(&mut state, &pointer("/status"), json!("paid"))
+            .unwrap();
+        undo.set(&mut state, &pointer("/carrier"), json!("DHL"))
+            .unwrap();
+        undo.set(&mut state, &pointer("/deep/a"), json!(2)).unwrap();
+        undo.set(&mut state, &pointer("/status"), json!("shipped"))
+            .unwrap();
+        assert_eq!(
+            state,
+            json!({"status": "shipped", "carrier": "DHL", "deep": {"a": 2}})
+        );
+        undo.rollback(&mut state);
+        assert_eq!(state, before);
+        let mut scalar = json!(3);
+        let mut undo = UndoLog::default();
+        undo.set(&mut scalar, &pointer("/a"), json!(1)).unwrap_err();
+        undo.rollback(&mut scalar);
+        assert_eq!(scalar, json!(3));
     }
 
     #[test]

@@ -139,6 +139,11 @@ impl Pointer {
         descend_mut(root, &self.tokens)
     }
 
+    /// How many tokens the pointer has: 0 for the root, 2 for `/a/b`.
+    pub fn depth(&self) -> usize {
+        self.tokens.len()
+    }
+
     /// The first token (`a` of `/a/b`); `None` for the root pointer.
     pub fn first_token(&self) -> Option<&str> {
         self.tokens.first().map(String::as_str)
@@ -170,7 +175,11 @@ impl Pointer {
         }
         match current {
             Value::Object(map) => {
-                map.insert(last.clone(), value);
+                // Replacing in place spares the key's copy that `insert` would take.
+                match map.get_mut(last.as_str()) {
+                    Some(slot) => *slot = value,
+                    None => drop(map.insert(last.clone(), value)),
+                }
                 Ok(())
             }
             Value::Array(items) if last == "-" => {
