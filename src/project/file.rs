@@ -262,22 +262,22 @@ impl FileProjection {
     }
 }
 
-fn key_text(value: Option<std::borrow::Cow<'_, Value>>) -> Option<String> {
-    match value?.as_ref() {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
+/// A row key as text: a string as it is (borrowed, the usual case), a number printed.
+fn key_str(value: &Value) -> Option<std::borrow::Cow<'_, str>> {
+    match value {
+        Value::String(s) => Some(s.as_str().into()),
+        Value::Number(n) => Some(n.to_string().into()),
         _ => None,
     }
 }
 
-/// True when a key source's value is `key`, as [`key_text`] would print it (without
-/// allocating for the usual string key).
+fn key_text(value: Option<std::borrow::Cow<'_, Value>>) -> Option<String> {
+    key_str(value.as_deref()?).map(std::borrow::Cow::into_owned)
+}
+
+/// True when a key source's value is `key`, without allocating for a string key.
 fn key_is(value: Option<std::borrow::Cow<'_, Value>>, key: &str) -> bool {
-    match value.as_deref() {
-        Some(Value::String(s)) => s == key,
-        Some(Value::Number(n)) => n.to_string() == key,
-        _ => false,
-    }
+    value.as_deref().and_then(key_str).as_deref() == Some(key)
 }
 
 impl Projection for FileProjection {

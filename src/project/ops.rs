@@ -342,15 +342,9 @@ fn append(
     undo: &mut UndoLog,
 ) -> Result<(), ProjectOpError> {
     match path.get_mut(state) {
-        Some(Value::Array(items)) if path.first_token().is_some() => {
+        Some(Value::Array(items)) => {
             undo.before_push(path, items.len());
             items.push(value.into_owned());
-        }
-        Some(Value::Array(_)) => {
-            undo.before_replace(state);
-            if let Value::Array(items) = state {
-                items.push(value.into_owned());
-            }
         }
         None | Some(Value::Null) => {
             undo.before_write(state, path);

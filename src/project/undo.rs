@@ -61,13 +61,9 @@ impl UndoLog {
         pointer: &Pointer,
         value: Value,
     ) -> Result<(), PointerError> {
-        if let (Value::Object(map), Some(name), 1) =
-            (&mut *state, pointer.first_token(), pointer.depth())
+        if let (Value::Object(_), Some(name), 1) = (&*state, pointer.first_token(), pointer.depth())
         {
-            let old = match map.get_mut(name) {
-                Some(slot) => Some(std::mem::replace(slot, value)),
-                None => map.insert(name.to_string(), value),
-            };
+            let old = pointer.replace(state, value)?;
             self.steps.push(Step::Field {
                 name: name.into(),
                 old,
@@ -195,6 +191,19 @@ mod tests {
         assert!(!undo.is_empty());
         undo.rollback(&mut state);
         assert_eq!(state, before);
+    }
+
+    #[test]
+    fn a_push_to_a_state_that_is_a_list_is_taken_back_by_length() {
+        let mut state = json!([1, 2]);
+        let mut undo = UndoLog::default();
+        if let Some(Value::Array(items)) = pointer("").get_mut(&mut state) {
+            undo.before_push(&pointer(""), items.len());
+            items.push(json!(3));
+        }
+        assert_eq!(state, json!([1, 2, 3]));
+        undo.rollback(&mut state);
+        assert_eq!(state, json!([1, 2]));
     }
 
     #[test]

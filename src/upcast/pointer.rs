@@ -165,6 +165,11 @@ impl Pointer {
 
     /// Writes `value` where the pointer names, creating missing objects on the way.
     pub fn set(&self, root: &mut Value, value: Value) -> Result<(), PointerError> {
+        self.replace(root, value).map(drop)
+    }
+
+    /// Writes `value` like [`set`](Self::set) and gives back the value it replaced, if any.
+    pub fn replace(&self, root: &mut Value, value: Value) -> Result<Option<Value>, PointerError> {
         let (last, parents) = self.tokens.split_last().ok_or(PointerError::Root)?;
         let mut current = root;
         for token in parents {
@@ -177,20 +182,16 @@ impl Pointer {
             Value::Object(map) => {
                 // Replacing in place spares the key's copy that `insert` would take.
                 match map.get_mut(last.as_str()) {
-                    Some(slot) => *slot = value,
-                    None => drop(map.insert(last.clone(), value)),
+                    Some(slot) => Ok(Some(std::mem::replace(slot, value))),
+                    None => Ok(map.insert(last.clone(), value)),
                 }
-                Ok(())
             }
             Value::Array(items) if last == "-" => {
                 items.push(value);
-                Ok(())
+                Ok(None)
             }
             Value::Array(items) => match last.parse::<usize>() {
-                Ok(i) if i < items.len() => {
-                    items[i] = value;
-                    Ok(())
-                }
+                Ok(i) if i < items.len() => Ok(Some(std::mem::replace(&mut items[i], value))),
                 _ => Err(self.not_container("array without that index")),
             },
             other => Err(self.not_container(type_name(other))),
