@@ -299,7 +299,20 @@ impl Fold {
                 Ok(Outcome::Delete) => dirty.state.take(),
                 _ => None,
             };
-            let size = 64 + key.len() + dirty.state.as_ref().map_or(0, approximate_size);
+            let measured =
+                |state: &Option<Value>| 64 + key.len() + state.as_ref().map_or(0, approximate_size);
+            let size = match (&prior, &dirty.state) {
+                (Some(prior), Some(state)) if prior.had_state => undo
+                    .size_change(state)
+                    .map(|change| prior.size.saturating_add_signed(change))
+                    .unwrap_or_else(|| measured(&dirty.state)),
+                _ => measured(&dirty.state),
+            };
+            debug_assert_eq!(
+                size,
+                measured(&dirty.state),
+                "size of {key} after its change"
+            );
             let size_before = std::mem::replace(&mut dirty.size, size);
             self.dirty_bytes = self.dirty_bytes - size_before + size;
             changes.push(Change {

@@ -325,8 +325,17 @@ fn add(
             target_type: type_name(current),
         }),
     };
-    // Recorded before looking, so that the number is changed where it lies: a lookup and a
-    // key allocation fewer per add (the demo's most common op).
+    // A top-level number (the demo's most common op) is found once, changed where it lies,
+    // and its old value moved into the log: the lookup that recording first would take was
+    // 2.6% of the demo rebuild (perf).
+    if let (Value::Object(map), Some(name), 1) = (&mut *state, path.first_token(), path.depth()) {
+        if let Some(current) = map.get_mut(name) {
+            let sum = sum(current)?;
+            let old = std::mem::replace(current, sum);
+            undo.replaced_field(name, Some(old));
+            return Ok(());
+        }
+    }
     undo.before_write(state, path);
     match path.get_mut(state) {
         Some(current) => *current = sum(current)?,

@@ -13,6 +13,7 @@
 //! that does not implement [`super::Projection::apply_undoable`] gets a copy of the whole
 //! state, as before.
 
+use super::fold::approximate_size;
 use crate::upcast::pointer::{Pointer, PointerError};
 use compact_str::CompactString;
 use serde_json::Value;
@@ -64,14 +65,20 @@ impl UndoLog {
         if let (Value::Object(_), Some(name), 1) = (&*state, pointer.first_token(), pointer.depth())
         {
             let old = pointer.replace(state, value)?;
-            self.steps.push(Step::Field {
-                name: name.into(),
-                old,
-            });
+            self.replaced_field(name, old);
             return Ok(());
         }
         self.before_write(state, pointer);
         pointer.set(state, value)
+    }
+
+    /// Records that the top-level field `name` held `old` (`None`: it was absent) before a
+    /// write that has already happened.
+    pub fn replaced_field(&mut self, name: &str, old: Option<Value>) {
+        self.steps.push(Step::Field {
+            name: name.into(),
+            old,
+        });
     }
 
     /// Records what pushing to the list at `pointer`, now `len` items long, changes: only its
@@ -98,6 +105,51 @@ impl UndoLog {
         self.steps.is_empty()
     }
 
+    /// How much [`approximate_size`] of `state` changed since before the first recorded
+    /// write, worked out from the recorded steps: the top-level fields they touched and the
+    /// items appended to lists. `None` when the steps cannot tell it (the state was replaced,
+    /// or one field was both written and appended to); the caller then measures the state.
+    ///
+    /// Why: measuring the whole state after every event made each event cost as much as its
+    /// state is large, so a stream's events cost time growing with the stream (a list of skus
+    /// per order). This looks only at what the event touched.
+    pub fn size_change(&self, state: &Value) -> Option<isize> {
+        let Value::Object(map) = state else {
+            return None;
+        };
+        let field_size = |name: &str, value: Option<&Value>| {
+            value.map_or(0, |v| 32 + name.len() + approximate_size(v)) as isize
+        };
+        let mut seen: SmallVec<[(&str, &Step); 4]> = SmallVec::new();
+        let mut change = 0isize;
+        for step in &self.steps {
+            let name = match step {
+                Step::Whole(_) => return None,
+                Step::Field { name, .. } => name.as_str(),
+                Step::Truncate { pointer, .. } => pointer.first_token()?,
+            };
+            match seen.iter().find(|(seen_name, _)| *seen_name == name) {
+                // The first step on a field holds what it was before the event.
+                Some((_, first)) if same_kind(first, step) => continue,
+                Some(_) => return None,
+                None => seen.push((name, step)),
+            }
+            change += match step {
+                Step::Field { old, .. } => {
+                    field_size(name, map.get(name)) - field_size(name, old.as_ref())
+                }
+                Step::Truncate { pointer, len } => match pointer.get(state) {
+                    Some(Value::Array(items)) if items.len() >= *len => {
+                        items[*len..].iter().map(approximate_size).sum::<usize>() as isize
+                    }
+                    _ => return None,
+                },
+                Step::Whole(_) => return None,
+            };
+        }
+        Some(change)
+    }
+
     /// Gives `state` back as it was before the first recorded write.
     pub fn rollback(self, state: &mut Value) {
         for step in self.steps.into_iter().rev() {
@@ -120,6 +172,16 @@ impl UndoLog {
                 }
             }
         }
+    }
+}
+
+/// Two steps on one field that the size of the first accounts for: writes (the first holds
+/// the old value), or appends to the very same list (the first holds the shortest length).
+fn same_kind(first: &Step, then: &Step) -> bool {
+    match (first, then) {
+        (Step::Field { .. }, Step::Field { .. }) => true,
+        (Step::Truncate { pointer: a, .. }, Step::Truncate { pointer: b, .. }) => a == b,
+        _ => false,
     }
 }
 
@@ -214,5 +276,58 @@ mod tests {
         pointer("/a/b").set(&mut state, json!(1)).unwrap();
         undo.rollback(&mut state);
         assert_eq!(state, Value::Null);
+    }
+
+    /// Appends `item` to the list at `at`, recording it as the append op does.
+    fn push(undo: &mut UndoLog, state: &mut Value, at: &str, item: Value) {
+        let Some(Value::Array(items)) = pointer(at).get_mut(state) else {
+            panic!("{at} is a list in the test state");
+        };
+        undo.before_push(&pointer(at), items.len());
+        items.push(item);
+    }
+
+    #[test]
+    fn size_change_equals_measuring_before_and_after() {
+        let before = json!({"n": 1, "skus": ["a"], "deep": {"list": [1]}, "s": "x"});
+        let mut state = before.clone();
+        let mut undo = UndoLog::default();
+        undo.set(&mut state, &pointer("/s"), json!("longer text"))
+            .unwrap();
+        undo.set(&mut state, &pointer("/s"), json!("again"))
+            .unwrap();
+        undo.set(&mut state, &pointer("/new/field"), json!({"k": [1, 2]}))
+            .unwrap();
+        undo.before_write(&state, &pointer("/n"));
+        pointer("/n").take(&mut state);
+        push(&mut undo, &mut state, "/skus", json!("b"));
+        push(&mut undo, &mut state, "/skus", json!({"sku": "c"}));
+        push(&mut undo, &mut state, "/deep/list", json!([2, 3]));
+        let measured = approximate_size(&state) as isize - approximate_size(&before) as isize;
+        assert_eq!(undo.size_change(&state), Some(measured));
+        assert_ne!(measured, 0);
+    }
+
+    #[test]
+    fn size_change_is_unknown_where_the_steps_cannot_tell_it() {
+        let mut state = json!({"skus": ["a"], "deep": {"a": [], "b": []}});
+        let mut undo = UndoLog::default();
+        push(&mut undo, &mut state, "/skus", json!("b"));
+        undo.set(&mut state, &pointer("/skus"), json!([])).unwrap();
+        assert_eq!(undo.size_change(&state), None, "append, then set");
+
+        let mut undo = UndoLog::default();
+        push(&mut undo, &mut state, "/deep/a", json!(1));
+        push(&mut undo, &mut state, "/deep/b", json!(1));
+        assert_eq!(undo.size_change(&state), None, "two lists in one field");
+
+        let mut undo = UndoLog::default();
+        undo.replaced(std::mem::replace(&mut state, json!({})));
+        assert_eq!(undo.size_change(&state), None, "replaced");
+
+        let mut list = json!([1]);
+        let mut undo = UndoLog::default();
+        push(&mut undo, &mut list, "", json!(2));
+        assert_eq!(undo.size_change(&list), None, "a state that is a list");
     }
 }
