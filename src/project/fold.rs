@@ -10,7 +10,8 @@
 //! copies were a sixth of a demo rebuild.) What a failure does is the [`ErrorPolicy`]: `stop`
 //! takes back every change of the source event and returns the error, `skip` leaves the event
 //! out for that member, `dead-letter` also records it. The size of the dirty states is tracked
-//! (an estimate, in bytes) so the caller can write a window when it passes its memory bound.
+//! (an estimate, in bytes) so the caller can write a window when it passes its memory bound;
+//! after each change it comes from the undo log's steps, not from measuring the whole state.
 
 use super::ops::Outcome;
 use super::undo::UndoLog;
@@ -150,6 +151,21 @@ pub fn approximate_size(value: &Value) -> usize {
         }
         _ => 16,
     }
+}
+
+/// The size a state counts for after a change: the size before it plus what the undo log's
+/// steps tell of the change ([`UndoLog::size_change`]), or the state measured when they cannot
+/// tell it or there was no state before. Debug builds check the first against the second.
+fn size_after(key: &str, prior: Option<&Prior>, state: Option<&Value>, undo: &UndoLog) -> usize {
+    let measured = || 64 + key.len() + state.map_or(0, approximate_size);
+    let size = match (prior, state) {
+        (Some(prior), Some(state)) if prior.had_state => undo
+            .size_change(state)
+            .map_or_else(measured, |change| prior.size.saturating_add_signed(change)),
+        _ => measured(),
+    };
+    debug_assert_eq!(size, measured(), "size of {key} after its change");
+    size
 }
 
 impl Fold {
@@ -299,20 +315,7 @@ impl Fold {
                 Ok(Outcome::Delete) => dirty.state.take(),
                 _ => None,
             };
-            let measured =
-                |state: &Option<Value>| 64 + key.len() + state.as_ref().map_or(0, approximate_size);
-            let size = match (&prior, &dirty.state) {
-                (Some(prior), Some(state)) if prior.had_state => undo
-                    .size_change(state)
-                    .map(|change| prior.size.saturating_add_signed(change))
-                    .unwrap_or_else(|| measured(&dirty.state)),
-                _ => measured(&dirty.state),
-            };
-            debug_assert_eq!(
-                size,
-                measured(&dirty.state),
-                "size of {key} after its change"
-            );
+            let size = size_after(&key, prior.as_ref(), dirty.state.as_ref(), &undo);
             let size_before = std::mem::replace(&mut dirty.size, size);
             self.dirty_bytes = self.dirty_bytes - size_before + size;
             changes.push(Change {
