@@ -203,10 +203,7 @@ mod tests {
         pointer("/a").set(&mut state, json!(5)).unwrap();
         undo.before_write(&state, &pointer("/new/deep"));
         pointer("/new/deep").set(&mut state, json!("x")).unwrap();
-        if let Some(Value::Array(items)) = pointer("/list").get_mut(&mut state) {
-            undo.before_push(&pointer("/list"), items.len());
-            items.push(json!(3));
-        }
+        push(&mut undo, &mut state, "/list", json!(3));
         assert_eq!(
             state,
             json!({"a": 5, "new": {"deep": "x"}, "list": [1, 2, 3]})
@@ -259,10 +256,7 @@ mod tests {
     fn a_push_to_a_state_that_is_a_list_is_taken_back_by_length() {
         let mut state = json!([1, 2]);
         let mut undo = UndoLog::default();
-        if let Some(Value::Array(items)) = pointer("").get_mut(&mut state) {
-            undo.before_push(&pointer(""), items.len());
-            items.push(json!(3));
-        }
+        push(&mut undo, &mut state, "", json!(3));
         assert_eq!(state, json!([1, 2, 3]));
         undo.rollback(&mut state);
         assert_eq!(state, json!([1, 2]));
