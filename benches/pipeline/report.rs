@@ -33,6 +33,7 @@ pub const ROWS: &[RowSpec] = &[
     row("b_val", "B_val: serde_json::Value per line", None, None),
     row("b_raw", "B_raw: envelope, raw payload", None, None),
     row("sled_raw", "raw sled insert of migrate's records", None, None),
+    row("file_raw", "raw write of the same records to a file", None, None),
     row("migrate_every", "migrate JSONL->JSONL, every event upcast", Some("b_raw"), Some(0.33)),
     row("migrate_none", "migrate JSONL->JSONL, pass-through", Some("b_raw"), Some(0.6)),
     row("migrate_demo", "migrate JSONL->JSONL, demo upcasters", Some("b_raw"), None),
@@ -86,12 +87,21 @@ impl Results {
         row_median(&self.cpu_seconds, id)
     }
 
-    /// Ratio of bounded rebuild time to parse + fold time plus raw writes of its dirty rows.
-    fn bounded_ratio(&self) -> Option<f64> {
-        Some(
-            self.time("rebuild_bounded")?
-                / (self.time("fold_only")? + self.time("sled_windows")?),
-        )
+    /// Ratio of bounded rebuild time to parse + fold time plus raw writes of its dirty rows:
+    /// (wall, per core). Judged per core, like every target (see the crate docs).
+    fn bounded_ratio(&self) -> Option<(f64, f64)> {
+        let wall = self.time("rebuild_bounded")?
+            / (self.time("fold_only")? + self.time("sled_windows")?);
+        let cpu = self.cpu_time("rebuild_bounded")?
+            / (self.cpu_time("fold_only")? + self.cpu_time("sled_windows")?);
+        Some((wall, cpu))
+    }
+
+    /// The best per-core ratio to B_raw a JSONL -> JSONL migration could reach: one that
+    /// did nothing but parse its input (B_raw) and write its output (the raw file write).
+    fn jsonl_ceiling(&self) -> Option<f64> {
+        let parse = self.cpu_time("b_raw")?;
+        Some(parse / (parse + self.cpu_time("file_raw")?))
     }
 
     fn rows(&self) -> Vec<Value> {
@@ -157,7 +167,11 @@ impl Results {
             "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
             "results": self.rows(),
             "bounded": {"windows": self.windows, "dirty_rows": self.dirty_rows,
-                "ratio_to_fold_plus_raw_writes": self.bounded_ratio(), "target_at_most": BOUNDED_TARGET},
+                "ratio_to_fold_plus_raw_writes": self.bounded_ratio().map(|r| r.0),
+                "ratio_to_fold_plus_raw_writes_per_core": self.bounded_ratio().map(|r| r.1),
+                "target_at_most": BOUNDED_TARGET,
+                "met": self.bounded_ratio().map(|r| r.1 <= BOUNDED_TARGET)},
+            "jsonl_ceiling_per_core": self.jsonl_ceiling(),
             "postgres": self.postgres_json(),
             "peak_rss": self.rss_json(),
         });
@@ -196,10 +210,15 @@ impl Results {
                 row["baseline"].as_str().unwrap_or("-"),
             );
         }
-        if let Some(ratio) = self.bounded_ratio() {
+        if let Some((wall, cpu)) = self.bounded_ratio() {
             println!(
-                "bounded rebuild time / (parse + fold + raw writes of its {} dirty rows in {} windows): {ratio:.2} (target <= {BOUNDED_TARGET})",
+                "bounded rebuild time / (parse + fold + raw writes of its {} dirty rows in {} windows): {cpu:.2} per core, {wall:.2} wall (target <= {BOUNDED_TARGET} per core)",
                 self.dirty_rows, self.windows
+            );
+        }
+        if let Some(ceiling) = self.jsonl_ceiling() {
+            println!(
+                "JSONL -> JSONL ceiling: parsing (B_raw) and writing the same bytes alone come to {ceiling:.2} per core of B_raw"
             );
         }
         self.print_postgres();
