@@ -18,6 +18,7 @@
 
 pub mod file;
 pub mod fold;
+mod lane;
 pub mod ops;
 pub mod rebuild;
 pub mod testing;

@@ -19,28 +19,25 @@
 //! machine, for as long as the first one's connection lives. Names reach SQL only after
 //! [`crate::project::file::valid_name`] and are quoted. The password never appears in
 //! messages: [`ReadModelStore::describe`] leaves it out, and `PGPASSWORD` can supply it.
+//!
+//! This file holds the store and its [`ReadModelStore`] methods; `connection` parses locations
+//! and runs work on the connection with its retries; `window` writes a window.
 
-use super::copy_rows::{copy_escape, direct_line};
+mod connection;
+mod window;
+
 use super::{
-    DeadLetter, PartCheckpoint, PartId, ProjectionMeta, ReadModelError, ReadModelStore, RowWrite,
-    Window,
+    DeadLetter, PartCheckpoint, PartId, ProjectionMeta, ReadModelError, ReadModelStore, Window,
 };
 use crate::project::file::valid_name;
 use crate::project::{ColumnType, ProjectionKind};
-use postgres::{Client, NoTls};
+pub(crate) use connection::connect_location;
+pub use connection::redact;
+use connection::{connect, parse_location, pg_error, Failure, Settings};
+use postgres::Client;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::Mutex;
-use std::time::Duration;
-
-/// Connection settings parsed from a location.
-#[derive(Clone)]
-struct Settings {
-    config: postgres::Config,
-    schema: String,
-    shown: String,
-}
 
 /// How a generation's table looks: its projection kind and typed columns.
 type TableShape = (ProjectionKind, Vec<(String, ColumnType)>);
@@ -52,128 +49,6 @@ pub struct PostgresReadModels {
     tables: Mutex<HashMap<(String, u32), TableShape>>,
     /// Advisory lock keys this handle holds; a new connection takes them again.
     locks: Mutex<Vec<String>>,
-}
-
-const RETRIES: u32 = 6;
-
-/// What can go wrong inside one unit of work on the connection.
-enum Failure {
-    Sql(postgres::Error),
-    /// A worker's window whose lease another worker has taken.
-    LeaseLost(super::Lease),
-    /// Writing COPY data failed: the connection is gone.
-    Copy(std::io::Error),
-}
-
-impl From<postgres::Error> for Failure {
-    fn from(error: postgres::Error) -> Self {
-        Failure::Sql(error)
-    }
-}
-
-fn pg_error(settings: &Settings, source: postgres::Error) -> ReadModelError {
-    ReadModelError::Postgres {
-        location: settings.shown.clone(),
-        source,
-    }
-}
-
-fn parse_location(location: &str) -> Result<Settings, ReadModelError> {
-    let bad = || ReadModelError::BadLocation(redact(location));
-    let (url, query) = location.split_once('?').unwrap_or((location, ""));
-    let mut schema = "recast".to_string();
-    let mut rest = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("schema", value)) => schema = value.to_string(),
-            _ => rest.push(pair),
-        }
-    }
-    if !valid_name(&schema) {
-        return Err(ReadModelError::BadName {
-            what: "schema",
-            name: schema,
-        });
-    }
-    let url = if rest.is_empty() {
-        url.to_string()
-    } else {
-        format!("{url}?{}", rest.join("&"))
-    };
-    let mut config: postgres::Config = url.parse().map_err(|_| bad())?;
-    if config.get_password().is_none() {
-        if let Ok(password) = std::env::var("PGPASSWORD") {
-            config.password(password);
-        }
-    }
-    config.application_name("recast");
-    config.connect_timeout(Duration::from_secs(5));
-    let host = url.split_once('@').map_or(
-        url.trim_start_matches("postgres://")
-            .trim_start_matches("postgresql://"),
-        |(_, h)| h,
-    );
-    Ok(Settings {
-        config,
-        schema: schema.clone(),
-        shown: format!("postgres://{host} (schema {schema})"),
-    })
-}
-
-/// A location with any password replaced, for messages.
-pub fn redact(location: &str) -> String {
-    match (location.find("://"), location.find('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &location[scheme + 3..at];
-            let user = credentials.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &location[..scheme + 3], &location[at..])
-        }
-        _ => location.to_string(),
-    }
-}
-
-/// Connects to a `postgres://` location: the client, the schema (created if needed) and the
-/// location as it may be shown. Used by other stores that live in PostgreSQL (checkpoints).
-pub(crate) fn connect_location(location: &str) -> Result<(Client, String, String), ReadModelError> {
-    let settings = parse_location(location)?;
-    let mut client = connect(&settings)?;
-    let schema = quote(&settings.schema);
-    if let Err(first) = client.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")) {
-        // Two processes creating the same schema at once can collide; the second finds it.
-        client = connect(&settings)?;
-        client
-            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-            .map_err(|_| pg_error(&settings, first))?;
-    }
-    Ok((client, schema, settings.shown))
-}
-
-/// True when an error means the connection is gone (closed, terminated by an administrator,
-/// server shutting down, SQLSTATE class 08), so the work is worth retrying on a new one.
-fn connection_lost(error: &postgres::Error) -> bool {
-    use postgres::error::SqlState;
-    if error.is_closed() {
-        return true;
-    }
-    match error.code() {
-        Some(code) => {
-            code.code().starts_with("08")
-                || [
-                    SqlState::ADMIN_SHUTDOWN,
-                    SqlState::CRASH_SHUTDOWN,
-                    SqlState::CANNOT_CONNECT_NOW,
-                ]
-                .contains(code)
-        }
-        None => false,
-    }
-}
-
-fn connect(settings: &Settings) -> Result<Client, ReadModelError> {
-    settings
-        .config
-        .connect(NoTls)
-        .map_err(|e| pg_error(settings, e))
 }
 
 fn quote(name: &str) -> String {
@@ -232,72 +107,6 @@ impl PostgresReadModels {
         )
     }
 
-    /// Runs `work` on the connection, reconnecting and retrying with backoff when the
-    /// connection is lost; other errors are returned at once.
-    fn with_client<T>(
-        &self,
-        mut work: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
-    ) -> Result<T, ReadModelError> {
-        self.with_client_copy(|c| work(c).map_err(Failure::Sql))
-    }
-
-    /// [`with_client`](Self::with_client) for work that also streams COPY data.
-    fn with_client_copy<T>(
-        &self,
-        mut work: impl FnMut(&mut Client) -> Result<T, Failure>,
-    ) -> Result<T, ReadModelError> {
-        let mut client = self
-            .client
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut attempt = 0;
-        loop {
-            let result = work(&mut client);
-            let lost = match &result {
-                Err(Failure::Sql(error)) => connection_lost(error) || client.is_closed(),
-                Err(Failure::Copy(_)) => true,
-                Err(Failure::LeaseLost(_)) | Ok(_) => false,
-            };
-            match result {
-                Ok(value) => return Ok(value),
-                Err(_) if lost && attempt < RETRIES => {
-                    attempt += 1;
-                    std::thread::sleep(Duration::from_millis(100 << attempt.min(5)));
-                    if let Ok(mut fresh) = connect(&self.settings) {
-                        // The old connection's advisory locks went with it: take them again,
-                        // or stop, since another rebuilder may have them now.
-                        for key in self.locks.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-                            let row = fresh
-                                .query_one("SELECT pg_try_advisory_lock(hashtext($1))", &[key])
-                                .map_err(|e| pg_error(&self.settings, e))?;
-                            if !row.get::<_, bool>(0) {
-                                return Err(ReadModelError::Busy {
-                                    name: key.clone(),
-                                    location: self.settings.shown.clone(),
-                                });
-                            }
-                        }
-                        *client = fresh;
-                    }
-                }
-                Err(Failure::Sql(error)) => return Err(pg_error(&self.settings, error)),
-                Err(Failure::Copy(source)) => {
-                    return Err(ReadModelError::Copy {
-                        location: self.settings.shown.clone(),
-                        source,
-                    })
-                }
-                Err(Failure::LeaseLost(lease)) => {
-                    return Err(ReadModelError::LeaseLost {
-                        name: lease.part.projection,
-                        generation: lease.part.generation,
-                        partition: lease.part.partition,
-                    })
-                }
-            }
-        }
-    }
-
     fn table_shape(
         &self,
         name: &str,
@@ -341,28 +150,6 @@ impl PostgresReadModels {
             })
         }
     }
-}
-
-/// The SQL that moves a generation's staged rows into its table.
-fn upsert_sql(table: &str, kind: ProjectionKind, columns: &[(String, ColumnType)]) -> String {
-    let source = match kind {
-        ProjectionKind::Snapshot => "doc->'state'",
-        ProjectionKind::Table => "doc",
-    };
-    let mut names = String::from("key, doc");
-    let mut values = String::from("key, doc");
-    let mut updates = String::from("doc = excluded.doc");
-    for (column, column_type) in columns {
-        let c = quote(column);
-        let value = match column_type {
-            ColumnType::Jsonb => format!("{source}->'{column}'"),
-            other => format!("({source}->>'{column}')::{}", column_sql(*other)),
-        };
-        names.push_str(&format!(", {c}"));
-        values.push_str(&format!(", {value}"));
-        updates.push_str(&format!(", {c} = excluded.{c}"));
-    }
-    format!("INSERT INTO {table} ({names}) SELECT {values} FROM recast_stage WHERE name = $1 AND generation = $2 ON CONFLICT (key) DO UPDATE SET {updates}")
 }
 
 impl ReadModelStore for PostgresReadModels {
@@ -557,133 +344,7 @@ impl ReadModelStore for PostgresReadModels {
     }
 
     fn commit(&self, window: Window) -> Result<(), ReadModelError> {
-        let schema = self.schema();
-        let mut deletes: HashMap<(String, u32), Vec<String>> = HashMap::new();
-        let mut groups: Vec<(String, u32)> = Vec::new();
-        for row in &window.rows {
-            Self::check_name(&row.projection)?;
-            let group = (row.projection.clone(), row.generation);
-            if !groups.contains(&group) {
-                groups.push(group.clone());
-            }
-            if row.value.is_none() {
-                deletes.entry(group).or_default().push(row.key.clone());
-            }
-        }
-        // Per group, the staged upsert; per fresh group also (group, shape, COPY straight into
-        // the generation's table).
-        let mut statements = Vec::new();
-        let mut direct = Vec::new();
-        for (name, generation) in &groups {
-            let (kind, columns) = self.table_shape(name, *generation)?;
-            let table = self.table(name, *generation);
-            statements.push((
-                name.clone(),
-                *generation,
-                upsert_sql(&table, kind, &columns),
-            ));
-            let fresh = window
-                .fresh
-                .iter()
-                .any(|p| p.projection == *name && p.generation == *generation);
-            if fresh {
-                let names: String = columns
-                    .iter()
-                    .map(|(c, _)| format!(", {}", quote(c)))
-                    .collect();
-                let sql = format!("COPY {table} (key, doc{names}) FROM STDIN");
-                direct.push(((name.clone(), *generation), (kind, columns), sql));
-            }
-        }
-        let checkpoints: Vec<(PartId, Value)> = window
-            .checkpoints
-            .iter()
-            .map(|(p, c)| {
-                (
-                    p.clone(),
-                    serde_json::to_value(c).expect("checkpoints serialize"),
-                )
-            })
-            .collect();
-        let letters: Vec<(PartId, u64, Value)> = window
-            .dead_letters
-            .iter()
-            .map(|(p, pos, l)| {
-                (
-                    p.clone(),
-                    *pos,
-                    serde_json::to_value(l).expect("dead letters serialize"),
-                )
-            })
-            .collect();
-        let lease = window.lease.clone();
-        self.with_client_copy(|c| {
-            let mut tx = c.transaction()?;
-            if let Some(lease) = &lease {
-                let renewed = tx.execute(
-                    &format!("UPDATE {schema}.recast_claims SET lease_until = now() + make_interval(secs => $5) WHERE name = $1 AND generation = $2 AND partition = $3 AND owner = $4"),
-                    &[&lease.part.projection, &(lease.part.generation as i32), &(lease.part.partition as i32), &lease.owner, &f64::from(lease.seconds)],
-                )?;
-                if renewed == 0 {
-                    return Err(Failure::LeaseLost(lease.clone()));
-                }
-            }
-            // Rows are formatted while they stream, so the server parses one row while the
-            // next is printed (formatting first, then sending, left the two cores taking turns).
-            let mut staged: Vec<&RowWrite> = Vec::new();
-            let mut line = String::new();
-            for ((name, generation), (kind, columns), sql) in &direct {
-                let mut writer = tx.copy_in(sql.as_str())?;
-                for row in window.rows.iter().filter(|r| r.projection == *name && r.generation == *generation) {
-                    let Some(value) = &row.value else { continue };
-                    line.clear();
-                    if direct_line(&row.key, value, *kind, columns, &mut line) {
-                        writer.write_all(line.as_bytes()).map_err(Failure::Copy)?;
-                    } else {
-                        staged.push(row);
-                    }
-                }
-                writer.finish()?;
-            }
-            let mut copy = String::new();
-            let is_direct = |row: &RowWrite| direct.iter().any(|((n, g), _, _)| *n == row.projection && *g == row.generation);
-            for row in window.rows.iter().filter(|r| r.value.is_some() && !is_direct(r)).chain(staged) {
-                if let Some(value) = &row.value {
-                    copy_escape(&row.projection, &mut copy);
-                    copy.push_str(&format!("\t{}\t", row.generation));
-                    copy_escape(&row.key, &mut copy);
-                    copy.push('\t');
-                    copy_escape(&value.to_string(), &mut copy);
-                    copy.push('\n');
-                }
-            }
-            tx.batch_execute("CREATE TEMP TABLE IF NOT EXISTS recast_stage (name text, generation int, key text, doc jsonb) ON COMMIT DELETE ROWS")?;
-            if !copy.is_empty() {
-                let mut writer = tx.copy_in("COPY recast_stage (name, generation, key, doc) FROM STDIN")?;
-                writer.write_all(copy.as_bytes()).map_err(Failure::Copy)?;
-                writer.finish()?;
-            }
-            for (name, generation, sql) in &statements {
-                tx.execute(sql.as_str(), &[name, &(*generation as i32)])?;
-            }
-            for ((name, generation), keys) in &deletes {
-                tx.execute(&format!("DELETE FROM {} WHERE key = ANY($1)", self.table(name, *generation)), &[keys])?;
-            }
-            for (part, checkpoint) in &checkpoints {
-                tx.execute(
-                    &format!("INSERT INTO {schema}.recast_checkpoints (name, generation, partition, checkpoint) VALUES ($1, $2, $3, $4) ON CONFLICT (name, generation, partition) DO UPDATE SET checkpoint = excluded.checkpoint"),
-                    &[&part.projection, &(part.generation as i32), &(part.partition as i32), checkpoint],
-                )?;
-            }
-            for (seq, (part, position, letter)) in letters.iter().enumerate() {
-                let seq = seq as i32;
-                tx.execute(
-                    &format!("INSERT INTO {schema}.recast_dead_letters (name, generation, position, seq, letter) VALUES ($1, $2, $3, $4, $5)"),
-                    &[&part.projection, &(part.generation as i32), &(*position as i64), &seq, letter],
-                )?;
-            }
-            Ok(tx.commit()?)
-        })
+        self.commit_window(window)
     }
 
     fn wait_for_projection(&self, name: &str) -> Result<(), ReadModelError> {
@@ -793,52 +454,5 @@ impl ReadModelStore for PostgresReadModels {
             }
             tx.commit()
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn locations_hide_passwords_and_take_a_schema() {
-        assert_eq!(
-            redact("postgres://app:s3cret@db:5432/x"),
-            "postgres://app:***@db:5432/x"
-        );
-        let settings = parse_location("postgres://app:s3cret@db:5432/x?schema=tenant_1").unwrap();
-        assert_eq!(settings.schema, "tenant_1");
-        assert!(!settings.shown.contains("s3cret"), "{}", settings.shown);
-        let bad = parse_location("postgres://db/x?schema=a\";drop")
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(bad.contains("schema"), "{bad}");
-        assert!(parse_location("postgres://app:pw@[nope")
-            .err()
-            .unwrap()
-            .to_string()
-            .contains("***"));
-    }
-
-    #[test]
-    fn copy_text_is_escaped_and_upserts_cast_typed_columns() {
-        let mut out = String::new();
-        copy_escape("a\tb\\c\nd", &mut out);
-        assert_eq!(out, "a\\tb\\\\c\\nd");
-        let sql = upsert_sql(
-            "s.\"t_g1\"",
-            ProjectionKind::Snapshot,
-            &[("total".into(), ColumnType::Bigint)],
-        );
-        assert!(
-            sql.contains("(doc->'state'->>'total')::bigint")
-                && sql.contains("ON CONFLICT (key) DO UPDATE"),
-            "{sql}"
-        );
-        assert_eq!(
-            quote("x\"; drop table y; --"),
-            "\"x\"\"; drop table y; --\""
-        );
     }
 }

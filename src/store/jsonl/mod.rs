@@ -12,16 +12,15 @@
 //! back to the mark, so events written after the last checkpoint are written again exactly
 //! once. It keeps one revision counter per stream in memory.
 
-use super::{
-    AppendOutcome, AppendRequest, EventSink, EventSource, EventStream, SinkMark, StoreError,
-    StreamHeads, StreamState,
-};
+mod sink;
+
+use super::{EventSource, EventStream, StoreError};
 use crate::event::Event;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use serde::Deserialize;
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+pub use sink::JsonlSink;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -342,165 +341,10 @@ impl EventSource for JsonlSource {
     }
 }
 
-/// An append-only JSONL file written as a store.
-pub struct JsonlSink {
-    path: PathBuf,
-    file: BufWriter<File>,
-    bytes: u64,
-    heads: StreamHeads,
-    /// Reused buffer for one serialized line.
-    line: Vec<u8>,
-}
-
-#[derive(Deserialize)]
-struct StreamRevision {
-    stream: String,
-    revision: u64,
-}
-
-impl JsonlSink {
-    /// Opens (or creates) the file; nothing is changed until [`EventSink::restore`].
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        if path.is_dir() {
-            return Err(StoreError::Io {
-                path: path.to_path_buf(),
-                source: std::io::Error::other("a JSONL target must be a file, not a folder"),
-            });
-        }
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent).map_err(io_error(parent))?;
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io_error(path))?;
-        Ok(JsonlSink {
-            path: path.to_path_buf(),
-            file: BufWriter::with_capacity(1 << 16, file),
-            bytes: 0,
-            heads: StreamHeads::default(),
-            line: Vec::with_capacity(1024),
-        })
-    }
-
-    fn rescan_heads(&mut self, bytes: u64) -> Result<(), StoreError> {
-        let file = File::open(&self.path).map_err(io_error(&self.path))?;
-        let mut reader = BufReader::new(file).take(bytes);
-        let mut line = String::new();
-        let mut line_number = 0;
-        self.heads.clear();
-        loop {
-            line.clear();
-            line_number += 1;
-            if reader.read_line(&mut line).map_err(io_error(&self.path))? == 0 {
-                return Ok(());
-            }
-            if line.trim().is_empty() {
-                continue;
-            }
-            let head: StreamRevision = serde_json::from_str(&line)
-                .map_err(|err| bad_json(&self.path, line_number, err))?;
-            self.heads.record(head.stream, head.revision);
-        }
-    }
-
-    fn append_one(&mut self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
-        let placed = self
-            .heads
-            .place(&request.stream, request.expected, request.events.len())?;
-        for (event, i) in request.events.iter().zip(0..) {
-            let envelope = event.envelope(
-                &request.stream,
-                placed.first_revision + i,
-                placed.first_position + i,
-            );
-            self.line.clear();
-            envelope.write_json(&mut self.line);
-            self.line.push(b'\n');
-            self.file
-                .write_all(&self.line)
-                .map_err(io_error(&self.path))?;
-            self.bytes += self.line.len() as u64;
-        }
-        Ok(placed.outcome)
-    }
-}
-
-impl EventSink for JsonlSink {
-    fn describe(&self) -> String {
-        format!("jsonl:{}", self.path.display())
-    }
-
-    fn stream_state<'a>(
-        &'a mut self,
-        stream: &'a str,
-    ) -> BoxFuture<'a, Result<StreamState, StoreError>> {
-        let state = self.heads.state(stream);
-        async move { Ok(state) }.boxed()
-    }
-
-    fn append_batch(
-        &mut self,
-        batch: Vec<AppendRequest>,
-    ) -> BoxFuture<'_, Result<Vec<AppendOutcome>, StoreError>> {
-        async move { batch.into_iter().map(|r| self.append_one(r)).collect() }.boxed()
-    }
-
-    /// A fresh job refuses a non-empty file and a resumed one cuts it back to its mark.
-    fn sole_writer(&self) -> bool {
-        true
-    }
-
-    fn commit(&mut self) -> BoxFuture<'_, Result<SinkMark, StoreError>> {
-        async move {
-            self.file.flush().map_err(io_error(&self.path))?;
-            self.file
-                .get_ref()
-                .sync_data()
-                .map_err(io_error(&self.path))?;
-            Ok(serde_json::json!({"bytes": self.bytes, "events": self.heads.next_position()}))
-        }
-        .boxed()
-    }
-
-    fn restore<'a>(
-        &'a mut self,
-        mark: Option<&'a SinkMark>,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        async move {
-            let length = self.file.get_ref().metadata().map_err(io_error(&self.path))?.len();
-            let Some(mark) = mark else {
-                if length > 0 {
-                    return Err(StoreError::TargetNotEmpty { target: self.describe() });
-                }
-                return Ok(());
-            };
-            let bad_mark = |reason: String| StoreError::BadMark { target: self.describe(), reason };
-            let bytes = mark["bytes"].as_u64().ok_or_else(|| bad_mark("no byte length".into()))?;
-            if length < bytes {
-                return Err(bad_mark(format!(
-                    "the file has {length} bytes but the checkpoint covers {bytes}: it was changed outside recast"
-                )));
-            }
-            self.file.get_ref().set_len(bytes).map_err(io_error(&self.path))?;
-            self.file.seek(SeekFrom::Start(bytes)).map_err(io_error(&self.path))?;
-            self.rescan_heads(bytes)?;
-            self.bytes = bytes;
-            Ok(())
-        }
-        .boxed()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Payload;
-    use crate::store::{ExpectedRevision, NewEvent};
-    use futures::TryStreamExt;
+    use std::io::Write;
 
     fn line(stream: &str, revision: u64, position: Option<u64>, n: u32) -> String {
         let position = position.map_or(String::new(), |p| format!(r#""position":{p},"#));
@@ -513,17 +357,6 @@ mod tests {
         let mut file = File::create(path).unwrap();
         for l in lines {
             writeln!(file, "{l}").unwrap();
-        }
-    }
-
-    fn new_event(n: u128) -> NewEvent {
-        NewEvent {
-            id: uuid::Uuid::from_u128(n),
-            event_type: "T".into(),
-            version: 1,
-            data: Payload::Parsed(serde_json::json!({"n": n as u64})),
-            metadata: Payload::empty_object(),
-            recorded_at: None,
         }
     }
 
@@ -578,51 +411,5 @@ mod tests {
             err.to_string().contains("x.jsonl:2: key must be a string"),
             "{err}"
         );
-    }
-
-    #[tokio::test]
-    async fn sink_resumes_by_truncating_to_its_mark() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out.jsonl");
-        let mut sink = JsonlSink::open(&path).unwrap();
-        sink.restore(None).await.unwrap();
-        let request = |n, expected| AppendRequest {
-            stream: "s-1".into(),
-            expected,
-            events: vec![new_event(n)],
-        };
-        sink.append_batch(vec![request(1, ExpectedRevision::NoStream)])
-            .await
-            .unwrap();
-        let mark = sink.commit().await.unwrap();
-        sink.append_batch(vec![request(2, ExpectedRevision::Exact(0))])
-            .await
-            .unwrap();
-        sink.commit().await.unwrap();
-        drop(sink);
-
-        let mut sink = JsonlSink::open(&path).unwrap();
-        assert!(matches!(
-            sink.restore(None).await,
-            Err(StoreError::TargetNotEmpty { .. })
-        ));
-        sink.restore(Some(&mark)).await.unwrap();
-        assert_eq!(sink.stream_state("s-1").await.unwrap(), StreamState::At(0));
-        let wrong = sink
-            .append_batch(vec![request(2, ExpectedRevision::NoStream)])
-            .await;
-        assert!(matches!(
-            wrong,
-            Err(StoreError::WrongExpectedRevision { .. })
-        ));
-        sink.append_batch(vec![request(2, ExpectedRevision::Exact(0))])
-            .await
-            .unwrap();
-        sink.commit().await.unwrap();
-
-        let source = JsonlSource::open(&path).unwrap();
-        let events: Vec<Event> = source.read_all(None).try_collect().await.unwrap();
-        let got: Vec<_> = events.iter().map(|e| (e.revision, e.position)).collect();
-        assert_eq!(got, vec![(0, Some(0)), (1, Some(1))]);
     }
 }
