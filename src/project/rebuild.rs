@@ -6,14 +6,14 @@
 //! generation starts beside the live one. The first generation ever built goes live when it
 //! finishes; later ones wait for `swap`.
 //!
-//! Work is split into **lanes**, each one pass over the log with its own [`Fold`] and its own
+//! Work is split into **lanes**, each one pass over the log with its own [`Fold`](super::fold::Fold) and its own
 //! checkpoints: one lane for everything, or with `partitions = N` one lane per partition of the
 //! snapshot projections (streams by hash) plus one lane for the tables, which keep log order.
 //! Lanes run on their own threads. A lane writes its dirty states when they pass its share of
 //! `window_bytes`, together with the checkpoints that cover exactly them, as one atomic window;
 //! so a kill at any point resumes to the same read model as an uninterrupted run. The stop flag
 //! (Ctrl-C) makes every lane write its window and return. A lane's pass is in
-//! [`super::lane`]; this module picks generations, makes the lanes, runs them and reports.
+//! `project::lane`; this module picks generations, makes the lanes, runs them and reports.
 
 use super::fold::FoldError;
 use super::{ProjectionKind, ProjectionSet};

@@ -1,9 +1,9 @@
 //! The embedded event store (`sled:PATH`): an append-only log file of JSON lines and an
-//! append-only file of full index chunks ([`log_file`]), and sled for the rest: where each
+//! append-only file of full index chunks (`log_file`), and sled for the rest: where each
 //! segment of the log is, where each chunk of the stream indexes is (or the chunk itself, while
 //! it fills), and the committed lengths. [`layout`] has the keys and why they are shaped so.
 //!
-//! [`append`](self::append) stages a whole batch, appends its lines to the log file and syncs
+//! `append` stages a whole batch, appends its lines to the log file and syncs
 //! it, then commits the batch's segments and the log's new length as one sled `Batch`, flushed
 //! before it returns: once an append returns a kill -9 loses nothing, and a crash never leaves
 //! half a batch (bytes past the committed length are cut off on open). The checks are read
@@ -12,7 +12,7 @@
 //! the store gets [`StoreError::Locked`].
 //!
 //! **Idempotency**, as EventStoreDB has it, by stream: an event whose id is among the last
-//! [`WINDOW`](tail::WINDOW) (64) events of its stream is a re-send.
+//! `tail::WINDOW` (64) events of its stream is a re-send.
 //! With the same type, version, data and metadata it is skipped and counted as a duplicate;
 //! with anything else it is [`StoreError::IdConflict`]. Ids are not unique across streams,
 //! and an event re-sent after its stream has moved on by more than that window is stored
@@ -22,13 +22,13 @@
 //! the request, so re-sending a whole request passes it.
 //!
 //! A migration does not rely on that window: its checkpoint holds the store's length, and a
-//! resumed job first cuts the store back to it ([`cut`](self::cut)), as the JSONL sink cuts
+//! resumed job first cuts the store back to it (`cut`), as the JSONL sink cuts
 //! its file.
 //!
-//! The store keeps the end of each stream it has written in memory ([`tail`]): its next
+//! The store keeps the end of each stream it has written in memory (`tail`): its next
 //! revision, fingerprints of its last ids, and the index entries not written yet. Appends read
 //! nothing from sled for the revision and id checks, and write no index. When the tails hold
-//! more than [`TAIL_CACHE_BYTES`], the index entries are written ([`index`]); when the rest
+//! more than [`TAIL_CACHE_BYTES`], the index entries are written (`index`); when the rest
 //! still fills three quarters of it, the cache starts over.
 
 mod append;

@@ -8,7 +8,7 @@
 //! the two is refused rather than ordered by guesswork.
 //!
 //! [`JsonlSink`] appends to one file, assigning revisions and positions like a store. Its
-//! [`SinkMark`] is the file length and event count at a commit; resuming truncates the file
+//! [`SinkMark`](super::SinkMark) is the file length and event count at a commit; resuming truncates the file
 //! back to the mark, so events written after the last checkpoint are written again exactly
 //! once. It keeps one revision counter per stream in memory.
 

@@ -1,6 +1,6 @@
 //! The sled event store's keys and values: segments of the log and chunks of stream indexes.
 //!
-//! The events themselves are in the log file ([`super::log_file`]), one JSON line each, in log
+//! The events themselves are in the log file (`log_file`), one JSON line each, in log
 //! order. Everything else lives in one sled tree, under one-byte key prefixes:
 //! - `E` + first log position (u64 big-endian) -> a **segment**: where the lines of consecutive
 //!   positions are in the log file (byte offset and length, u64 BE each), up to
@@ -8,14 +8,14 @@
 //!   its segment.
 //! - `S` + stream name + `0xFF` + first revision (u64 BE) -> a **chunk** of the stream's index:
 //!   for consecutive revisions, each event's log position (u64 BE) and id (16 bytes), up to
-//!   [`CHUNK_EVENTS`] of them, starting at a multiple of it ([`chunk_start`]). A chunk that is
+//!   [`CHUNK_EVENTS`] of them, starting at a multiple of it (`chunk_start`). A chunk that is
 //!   still filling is stored as the value itself (a multiple of 24 bytes); a full one is written
 //!   once to the index file, and the value says where (offset and length, 16 bytes, which no
 //!   multiple of 24 is). `0xFF` never occurs in UTF-8, so one stream's chunks are one
 //!   contiguous key range, and its head is the end of its last chunk.
 //! - `M` -> the next log position; `L` -> the committed length of the log file; `J` -> the
 //!   committed length of the index file; `X` -> the
-//!   first log position the stored index does not cover yet (see [`super::index`]); `F` -> the
+//!   first log position the stored index does not cover yet (see `index`); `F` -> the
 //!   layout version ([`LAYOUT`]).
 //!
 //! Why this shape: sled's cost is per key written and per page touched, and its memory grows
