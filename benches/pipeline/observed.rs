@@ -65,6 +65,9 @@ impl ReadModelStore for Observed {
             seen: self.seen.clone(),
         }))
     }
+    fn new_row_bytes(&self) -> usize {
+        self.inner.new_row_bytes()
+    }
     fn projections(&self) -> Result<Vec<String>, ReadModelError> {
         self.inner.projections()
     }

@@ -40,7 +40,8 @@ pub struct RebuildArgs {
     /// Rebuild snapshot projections in N partitions, by stream hash.
     #[arg(long)]
     pub partitions: Option<u32>,
-    /// Bound, in MiB, on the state held in memory between writes.
+    /// Bound, in MiB, on the state held in memory between writes, with what the store takes to
+    /// insert its new rows.
     #[arg(long)]
     pub memory_mb: Option<usize>,
     /// What to do when a projection fails on an event.

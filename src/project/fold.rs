@@ -67,6 +67,8 @@ pub struct Dirty {
     pub state: Option<Value>,
     pub revision: u64,
     size: usize,
+    /// The store had no row under this key when the fold loaded it: writing it inserts a key.
+    new: bool,
 }
 
 impl Dirty {
@@ -129,6 +131,8 @@ pub struct Fold {
     pub dead_letters: Vec<(usize, u64, DeadLetter)>,
     /// The sum of the dirty states' sizes.
     dirty_bytes: usize,
+    /// How many dirty states the store has no row for.
+    new_rows: usize,
     policy: ErrorPolicy,
     /// The changes of the source event being applied, and the members that applied it: kept
     /// between events so that applying one does not allocate them anew.
@@ -176,6 +180,7 @@ impl Fold {
             members,
             dead_letters: Vec::new(),
             dirty_bytes: 0,
+            new_rows: 0,
             policy,
             changes: Vec::new(),
             applied: Vec::new(),
@@ -187,6 +192,12 @@ impl Fold {
         self.dirty_bytes
     }
 
+    /// How many dirty states have no row in the store yet: a store whose commit costs memory
+    /// per inserted key ([`crate::readmodel::ReadModelStore::new_row_bytes`]) counts them.
+    pub fn new_rows(&self) -> usize {
+        self.new_rows
+    }
+
     /// The dirty state of one member's key, if it is dirty.
     pub fn dirty(&self, member: usize, key: &str) -> Option<&Dirty> {
         self.dirty.get(member)?.get(key)
@@ -195,6 +206,7 @@ impl Fold {
     /// Takes the dirty states out as ((member, key), state), leaving the fold empty of them.
     pub fn take_dirty(&mut self) -> Vec<((usize, String), Dirty)> {
         self.dirty_bytes = 0;
+        self.new_rows = 0;
         let mut taken = Vec::with_capacity(self.dirty.iter().map(|d| d.len()).sum());
         for (member, states) in self.dirty.iter_mut().enumerate() {
             taken.extend(states.drain().map(|(key, dirty)| ((member, key), dirty)));
@@ -298,11 +310,14 @@ impl Fold {
                     (dirty, Some(prior))
                 }
                 EntryRef::Vacant(entry) => {
-                    let state = stored_state(projection.kind(), load(member, &key)?);
+                    let row = load(member, &key)?;
+                    let new = row.is_none();
+                    self.new_rows += usize::from(new);
                     let dirty = Dirty {
-                        state,
+                        state: stored_state(projection.kind(), row),
                         revision: event.revision,
                         size: 0,
+                        new,
                     };
                     (entry.insert(dirty), None)
                 }
@@ -337,6 +352,7 @@ impl Fold {
             let Some(prior) = change.prior else {
                 if let Some(dirty) = states.remove(&change.key) {
                     self.dirty_bytes -= dirty.size;
+                    self.new_rows -= usize::from(dirty.new);
                 }
                 continue;
             };
@@ -529,6 +545,30 @@ mod tests {
         assert_eq!(fold.dirty_bytes(), size_of(&fold));
         apply(&mut fold, &event(3, "Gone", "{}")).unwrap();
         assert_eq!(fold.dirty_bytes(), size_of(&fold));
+    }
+
+    #[test]
+    fn new_rows_count_the_keys_the_store_has_not_got() {
+        let mut fold = Fold::new(vec![member(COUNTER)], ErrorPolicy::Stop);
+        let stored = |_: usize, key: &str| {
+            Ok((key == "old").then(|| json!({"revision": 0, "state": {"n": 1}})))
+        };
+        let on = |stream: &str, position: u64, by: &str| {
+            let mut e = event(position, "Add", &format!(r#"{{"by": {by}}}"#));
+            e.stream = stream.into();
+            e
+        };
+        for (stream, position) in [("old", 1), ("new-1", 2), ("new-1", 3), ("new-2", 4)] {
+            fold.apply(&[on(stream, position, "1")], &stored, &|_, _| true)
+                .unwrap();
+        }
+        assert_eq!(fold.new_rows(), 2, "two new keys, one stored key");
+        assert!(fold
+            .apply(&[on("new-3", 5, "\"x\"")], &stored, &|_, _| true)
+            .is_err());
+        assert_eq!(fold.new_rows(), 2, "a taken-back new key is not counted");
+        fold.take_dirty();
+        assert_eq!(fold.new_rows(), 0);
     }
 
     #[test]

@@ -45,6 +45,12 @@ impl Rebuilder<'_> {
             .map(|m| AtomicBool::new(m.checkpoint.position.is_none()))
             .collect();
         let mut fold = Fold::new(members, self.options.on_error);
+        // What the window will hold by the time it is written: its states, and what the store
+        // takes while it inserts their new keys.
+        let new_row_bytes = store.new_row_bytes();
+        let full = |fold: &Fold| {
+            fold.dirty_bytes() + fold.new_rows().saturating_mul(new_row_bytes) > window_bytes
+        };
         let load = |member: usize, key: &str| -> Result<Option<Value>, ReadModelError> {
             if unwritten[member].load(Ordering::Relaxed) {
                 return Ok(None);
@@ -81,7 +87,7 @@ impl Rebuilder<'_> {
                         return Ok(false);
                     }
                 }
-                if fold.dirty_bytes() > window_bytes {
+                if full(&fold) {
                     write_window(&mut fold, applied)?;
                 }
             }
@@ -118,7 +124,7 @@ impl Rebuilder<'_> {
                             }
                             applied += 1;
                             read.fetch_add(1, Ordering::Relaxed);
-                            if fold.dirty_bytes() > window_bytes {
+                            if full(&fold) {
                                 write_window(&mut fold, applied)?;
                             }
                         }

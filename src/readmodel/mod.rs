@@ -261,6 +261,11 @@ pub trait ReadModelStore: Send + Sync {
     /// once it has encoded it; holding them all until the end raised a bounded rebuild's peak
     /// memory by 9 MB.)
     fn commit(&self, window: Window) -> Result<(), ReadModelError>;
+    /// Memory a commit takes, while it runs, for each row it inserts under a key the store did
+    /// not have; a rebuild counts it against its memory bound. Zero unless a store says.
+    fn new_row_bytes(&self) -> usize {
+        0
+    }
     /// Drops a generation's rows, checkpoints and dead letters (not its meta entry).
     fn drop_generation(&self, name: &str, generation: u32) -> Result<(), ReadModelError>;
 

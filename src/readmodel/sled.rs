@@ -10,6 +10,8 @@
 //!
 //! [`SledReadModels::commit`] applies a [`Window`] (rows, checkpoints, dead letters) as one
 //! atomic sled batch and flushes it, so a kill -9 leaves either the whole window or none of it.
+//! While a batch inserts new keys it holds several kilobytes per key ([`NEW_ROW_BYTES`]), which
+//! the store reports so that a rebuild's memory bound covers it.
 //! sled locks the folder: a second rebuilder (or any second process) is refused.
 
 use super::{
@@ -18,6 +20,14 @@ use super::{
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+
+/// What sled 0.34 holds, until a batch ends, for each key the batch inserts: its tree nodes are
+/// copied on write, and the old copies are freed only when the batch's epoch guard drops.
+/// Measured (peak RSS, jemalloc) by inserting 28,000 new keys into a tree of 50,000 as one
+/// batch and as batches of 1,000: 2.3 KB more per key with 60-byte values, 5.2 KB with 280-byte
+/// values (the demo's rows are 56 to 281 bytes), 14.5 KB with 1,000-byte values. Updates of
+/// keys the tree has cost little. A rebuild's first window inserts every row it writes.
+pub const NEW_ROW_BYTES: usize = 6 << 10;
 
 /// The sled read-model store.
 pub struct SledReadModels {
@@ -206,6 +216,10 @@ impl ReadModelStore for SledReadModels {
                 self.decode(&key, &value)
             })
             .collect()
+    }
+
+    fn new_row_bytes(&self) -> usize {
+        NEW_ROW_BYTES
     }
 
     fn commit(&self, window: Window) -> Result<(), ReadModelError> {
