@@ -1,5 +1,7 @@
 //! One lane of a rebuild: a pass over the log with its own [`Fold`], writing a window of dirty
-//! state with the checkpoints that cover it whenever the window passes its share of the bound.
+//! state with the checkpoints that cover it whenever the window passes its share of the bound
+//! (the states' estimated size, plus what the store takes to insert the rows it does not have
+//! yet, [`ReadModelStore::new_row_bytes`]).
 //!
 //! [`Rebuilder::run`](super::rebuild::Rebuilder::run) gives each lane a thread of its own and
 //! calls [`Rebuilder::run_lane`] there; workers (see [`super::workers`]) run one lane per claimed
