@@ -68,6 +68,9 @@ impl ReadModelStore for Observed {
     fn new_row_bytes(&self) -> usize {
         self.inner.new_row_bytes()
     }
+    fn row_write_bytes(&self) -> usize {
+        self.inner.row_write_bytes()
+    }
     fn projections(&self) -> Result<Vec<String>, ReadModelError> {
         self.inner.projections()
     }

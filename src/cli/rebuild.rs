@@ -41,7 +41,7 @@ pub struct RebuildArgs {
     #[arg(long)]
     pub partitions: Option<u32>,
     /// Bound, in MiB, on the state held in memory between writes, with what the store takes to
-    /// insert its new rows.
+    /// write its rows.
     #[arg(long)]
     pub memory_mb: Option<usize>,
     /// What to do when a projection fails on an event.

@@ -1,7 +1,8 @@
 //! One lane of a rebuild: a pass over the log with its own [`Fold`], writing a window of dirty
 //! state with the checkpoints that cover it whenever the window passes its share of the bound
-//! (the states' estimated size, plus what the store takes to insert the rows it does not have
-//! yet, [`ReadModelStore::new_row_bytes`]).
+//! (the states' estimated size, plus what the store takes to write the rows,
+//! [`ReadModelStore::row_write_bytes`], and to insert those it does not have yet,
+//! [`ReadModelStore::new_row_bytes`]).
 //!
 //! [`Rebuilder::run`](super::rebuild::Rebuilder::run) gives each lane a thread of its own and
 //! calls [`Rebuilder::run_lane`] there; workers (see [`super::workers`]) run one lane per claimed
@@ -49,9 +50,12 @@ impl Rebuilder<'_> {
         let mut fold = Fold::new(members, self.options.on_error);
         // What the window will hold by the time it is written: its states, and what the store
         // takes while it inserts their new keys.
-        let new_row_bytes = store.new_row_bytes();
+        let (new_row_bytes, row_write_bytes) = (store.new_row_bytes(), store.row_write_bytes());
         let full = |fold: &Fold| {
-            fold.dirty_bytes() + fold.new_rows().saturating_mul(new_row_bytes) > window_bytes
+            fold.dirty_bytes()
+                + fold.new_rows().saturating_mul(new_row_bytes)
+                + fold.dirty_rows().saturating_mul(row_write_bytes)
+                > window_bytes
         };
         let load = |member: usize, key: &str| -> Result<Option<Value>, ReadModelError> {
             if unwritten[member].load(Ordering::Relaxed) {

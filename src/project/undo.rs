@@ -13,7 +13,7 @@
 //! that does not implement [`super::Projection::apply_undoable`] gets a copy of the whole
 //! state, as before.
 
-use super::fold::approximate_size;
+use super::fold::{approximate_size, entry_size};
 use crate::upcast::pointer::{Pointer, PointerError};
 use compact_str::CompactString;
 use serde_json::Value;
@@ -117,9 +117,8 @@ impl UndoLog {
         let Value::Object(map) = state else {
             return None;
         };
-        let field_size = |name: &str, value: Option<&Value>| {
-            value.map_or(0, |v| 32 + name.len() + approximate_size(v)) as isize
-        };
+        let field_size =
+            |name: &str, value: Option<&Value>| value.map_or(0, |v| entry_size(name, v)) as isize;
         let mut seen: SmallVec<[(&str, &Step); 4]> = SmallVec::new();
         let mut change = 0isize;
         for step in &self.steps {

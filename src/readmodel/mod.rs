@@ -266,6 +266,12 @@ pub trait ReadModelStore: Send + Sync {
     fn new_row_bytes(&self) -> usize {
         0
     }
+    /// Memory a commit takes, while it runs, for each row it writes (new or not), besides
+    /// [`new_row_bytes`](Self::new_row_bytes); a rebuild counts it against its memory bound.
+    /// Zero unless a store says.
+    fn row_write_bytes(&self) -> usize {
+        0
+    }
     /// Drops a generation's rows, checkpoints and dead letters (not its meta entry).
     fn drop_generation(&self, name: &str, generation: u32) -> Result<(), ReadModelError>;
 

@@ -7,6 +7,7 @@ mod kill_resume;
 mod laws;
 mod postgres;
 mod rebuild;
+mod state_size;
 
 use assert_cmd::Command;
 use std::path::{Path, PathBuf};
