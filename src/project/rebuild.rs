@@ -16,6 +16,7 @@
 //! `project::lane`; this module picks generations, makes the lanes, runs them and reports.
 
 use super::fold::FoldError;
+use super::lane::Signals;
 use super::{ProjectionKind, ProjectionSet};
 use crate::migrate::ErrorPolicy;
 use crate::readmodel::{Generation, Lease, PartId, ReadModelError, ReadModelStore};
@@ -293,12 +294,15 @@ impl Rebuilder<'_> {
                             }
                             Ok(())
                         };
-                        let result = futures::executor::block_on(self.run_lane(
-                            lane,
-                            window,
+                        let signals = Signals {
                             stop,
                             read,
                             progress,
+                        };
+                        let result = futures::executor::block_on(self.run_lane(
+                            lane,
+                            window,
+                            signals,
                             &on_caught_up,
                         ));
                         if result.is_err() {

@@ -11,6 +11,7 @@
 //! ended. When no partition is left, the generation is complete (and goes live if it is the
 //! first); the result equals a single-process rebuild.
 
+use super::lane::Signals;
 use super::rebuild::{Lane, LaneMember, RebuildError, Rebuilder};
 use super::ProjectionKind;
 use crate::readmodel::{Lease, PartId, ReadModelError};
@@ -112,12 +113,15 @@ impl Rebuilder<'_> {
             // inside an executor, which a lane's blocking reads must not nest in.
             let outcome = std::thread::scope(|scope| {
                 let run = scope.spawn(|| {
+                    let signals = Signals {
+                        stop,
+                        read: &read,
+                        progress,
+                    };
                     futures::executor::block_on(self.run_lane(
                         lane,
                         self.options.window_bytes,
-                        stop,
-                        &read,
-                        progress,
+                        signals,
                         &|| Ok(()),
                     ))
                 });
