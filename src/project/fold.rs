@@ -145,7 +145,7 @@ type DirtyStates = hashbrown::HashMap<String, Dirty, FxBuildHasher>;
 /// What a JSON value takes in memory, in bytes: its own slot (a `Value` is 32 bytes) and what
 /// it owns on the heap. An object is a `BTreeMap`, whose first node holds eleven entries
 /// whether it has one or eleven: most of that node is counted once per object
-/// ([`OBJECT_NODE`]), and each entry then adds its key and value slots and what they own.
+/// (`OBJECT_NODE`), and each entry then adds its key and value slots and what they own.
 ///
 /// Why this model: the previous one (a fixed 16 or 32 bytes per value, no node) undercounted
 /// the demo's states 1.5 to 2.9 times against what they allocate (counted with an allocator
