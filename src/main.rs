@@ -11,13 +11,6 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-// jemalloc keeps freed pages for ten seconds by default, so a bounded rebuild held the states
-// of windows it had written: at `--memory-mb 16` on the 1M demo log, peak RSS 87-92 MB; with
-// one second and no lazy purging, 75-77 MB at the same CPU (returning pages at once: 69 MB, but
-// a second more of system time). jemalloc reads this C string when it starts.
-#[export_name = "_rjem_malloc_conf"]
-static JEMALLOC_CONF: &[u8; 37] = b"dirty_decay_ms:1000,muzzy_decay_ms:0\0";
-
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

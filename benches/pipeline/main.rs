@@ -47,12 +47,9 @@ use recast::upcast::Registry;
 use std::path::Path;
 use std::time::Instant;
 
-// The allocator of the `recast` binary, set up as there (see `src/main.rs`), so pipelines and
-// baselines run as they would in it.
+// The allocator of the `recast` binary, so pipelines and baselines run as they would there.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-#[export_name = "_rjem_malloc_conf"]
-static JEMALLOC_CONF: &[u8; 37] = b"dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
