@@ -18,6 +18,7 @@
 
 pub mod file;
 pub mod fold;
+pub mod jq_input;
 mod lane;
 pub mod ops;
 pub mod rebuild;

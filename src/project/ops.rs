@@ -7,11 +7,11 @@
 //! `remove` (fields), `delete` (the whole state or row), and `jq`, which maps
 //! `{"state": ..., "event": {...envelope, "data": ...}}` to the new state.
 
+use super::jq_input::{jaq_input, StateUpdate};
 use super::undo::UndoLog;
 use crate::event::Event;
-use crate::upcast::jq::{object, text, to_val, JqError, JqFilter};
+use crate::upcast::jq::{JqError, JqFilter};
 use crate::upcast::pointer::{type_name, Pointer, PointerError};
-use jaq_json::{Num, Val};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::borrow::Cow;
@@ -219,6 +219,8 @@ pub struct CompiledProjectionOp {
     op: ProjectionOp,
     source: Option<CompiledSource>,
     jq: Option<JqFilter>,
+    /// The jq filter's native form, when it changes one field of the state.
+    native: Option<StateUpdate>,
 }
 
 impl CompiledProjectionOp {
@@ -232,7 +234,13 @@ impl CompiledProjectionOp {
             }
             _ => {}
         };
-        Ok(CompiledProjectionOp { op, source, jq })
+        let native = jq.as_ref().and_then(StateUpdate::of);
+        Ok(CompiledProjectionOp {
+            op,
+            source,
+            jq,
+            native,
+        })
     }
 
     /// The op as written.
@@ -276,32 +284,19 @@ impl CompiledProjectionOp {
                     .jq
                     .as_ref()
                     .expect("jq ops are compiled with their filter");
-                let input = object([("state", to_val(state)), ("event", event_val(event, data))]);
-                let old = std::mem::replace(state, filter.run_val(input)?);
+                let native = self.native.as_ref().and_then(|native| {
+                    Some((&native.pointer, native.new_value(state, event, data)?))
+                });
+                if let Some((pointer, value)) = native {
+                    undo.set(state, pointer, value)?;
+                    return Ok(Outcome::Keep);
+                }
+                let old = std::mem::replace(state, filter.run_val(jaq_input(state, event, data))?);
                 undo.replaced(old);
             }
         }
         Ok(Outcome::Keep)
     }
-}
-
-/// The event as jq ops see it: the envelope with its parsed data.
-fn event_val(event: &Event, data: &Value) -> Val {
-    let number = |n: Option<u64>| n.map_or(Val::Null, |n| Val::Num(Num::from_integral(n)));
-    let mut id = uuid::Uuid::encode_buffer();
-    object([
-        ("stream", text(&event.stream)),
-        ("revision", number(Some(event.revision))),
-        ("position", number(event.position)),
-        ("id", text(event.id.as_hyphenated().encode_lower(&mut id))),
-        ("type", text(&event.event_type)),
-        ("version", number(Some(event.version.into()))),
-        ("data", to_val(data)),
-        (
-            "recorded_at",
-            event.recorded_at.as_deref().map_or(Val::Null, text),
-        ),
-    ])
 }
 
 fn add(

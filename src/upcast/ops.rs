@@ -277,7 +277,12 @@ impl CompiledOp {
                     .jq
                     .as_ref()
                     .expect("jq ops are compiled with their filter");
-                *data = filter.run(data)?;
+                if !filter
+                    .native()
+                    .is_some_and(|update| update.apply_in_place(data))
+                {
+                    *data = filter.run(data)?;
+                }
                 Ok(())
             }
         }

@@ -3,6 +3,13 @@
 //! A [`JqFilter`] is compiled once, when its upcaster or projection file loads, and then run
 //! per event. It must yield exactly one value: a filter that yields none or several is an
 //! error, so an escape hatch cannot drop or duplicate an event behind the registry's back.
+//!
+//! A filter that only sets or updates one field from integer arithmetic (see [`native`]) also
+//! carries a [`NativeUpdate`]: its callers try that first, in place, and run jaq when it cannot
+//! answer.
+
+pub mod native;
+pub use native::NativeUpdate;
 
 use jaq_core::load::{Arena, File, Loader};
 use jaq_core::{data, unwrap_valr, Compiler, Ctx, Vars};
@@ -30,6 +37,7 @@ pub enum JqError {
 pub struct JqFilter {
     text: String,
     filter: jaq_core::Filter<data::JustLut<Val>>,
+    native: Option<NativeUpdate>,
 }
 
 impl std::fmt::Debug for JqFilter {
@@ -67,12 +75,18 @@ impl JqFilter {
         Ok(JqFilter {
             text: text.to_string(),
             filter,
+            native: NativeUpdate::parse(text),
         })
     }
 
     /// The filter's text.
     pub fn text(&self) -> &str {
         &self.text
+    }
+
+    /// The filter as a native update, when it is one (see [`native`]).
+    pub fn native(&self) -> Option<&NativeUpdate> {
+        self.native.as_ref()
     }
 
     /// Runs the filter on `input`, which it must map to exactly one value.
