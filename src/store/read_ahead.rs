@@ -18,8 +18,12 @@ use crate::event::Event;
 use std::path::PathBuf;
 use tokio::sync::mpsc;
 
-/// Events per batch handed from the reading thread to the consumer.
-pub const BATCH_EVENTS: usize = 256;
+/// Events per batch handed from the reading thread to the consumer. Each hand-over can wake a
+/// sleeping thread, which costs a system call and, on a virtual machine, an interrupt to the
+/// other core: with 256, a pass-through migration of 1M events took 1.74-2.01 s; with 1024,
+/// 1.26-1.47 s for the same CPU time (interleaved runs, same output). The in-memory rebuild
+/// was the same either way. Four batches of 1024 demo events hold about 2 MB.
+pub const BATCH_EVENTS: usize = 1024;
 
 /// Batches the reading thread may be ahead of the consumer.
 pub const BATCHES_AHEAD: usize = 4;
