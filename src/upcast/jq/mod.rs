@@ -15,6 +15,7 @@ use jaq_core::load::{Arena, File, Loader};
 use jaq_core::{data, unwrap_valr, Compiler, Ctx, Vars};
 use jaq_json::{Num, Val};
 use serde_json::Value;
+use std::panic::AssertUnwindSafe;
 
 /// Errors of compiling or running a jq filter.
 #[derive(Debug, thiserror::Error)]
@@ -96,15 +97,16 @@ impl JqFilter {
 
     /// Runs the filter on an input already in jaq's form (see [`to_val`] and [`object`]).
     pub fn run_val(&self, input: Val) -> Result<Value, JqError> {
-        let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
-        let mut outputs = Vec::with_capacity(1);
-        for output in self.filter.id.run((ctx, input)).map(unwrap_valr) {
-            let output = output.map_err(|err| JqError::Run {
-                filter: self.text.clone(),
-                message: err.to_string(),
-            })?;
-            outputs.push(output);
-        }
+        let run_error = |message: String| JqError::Run {
+            filter: self.text.clone(),
+            message,
+        };
+        // jaq panics on some inputs where it should fail (a string times a huge integer is a
+        // repetition it cannot allocate): such an event fails like any other, under the error
+        // policy, instead of taking the process down. (The panic hook still prints it.)
+        let outputs = std::panic::catch_unwind(AssertUnwindSafe(|| self.outputs(input)))
+            .map_err(|panic| run_error(format!("jaq panicked: {}", panic_text(&*panic))))?
+            .map_err(run_error)?;
         if outputs.len() != 1 {
             return Err(JqError::Outputs {
                 filter: self.text.clone(),
@@ -115,6 +117,25 @@ impl JqFilter {
             filter: self.text.clone(),
             value: outputs[0].to_string(),
         })
+    }
+
+    /// Every output of the filter on `input`, or jaq's error.
+    fn outputs(&self, input: Val) -> Result<Vec<Val>, String> {
+        let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
+        let mut outputs = Vec::with_capacity(1);
+        for output in self.filter.id.run((ctx, input)).map(unwrap_valr) {
+            outputs.push(output.map_err(|err| err.to_string())?);
+        }
+        Ok(outputs)
+    }
+}
+
+/// The message a panic carries, when it is text.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(text), _) => text,
+        (_, Some(text)) => text,
+        _ => "no message",
     }
 }
 
@@ -206,6 +227,10 @@ mod tests {
         ));
         let failing = JqFilter::compile("error(\"boom\")").unwrap();
         assert!(matches!(failing.run(&json!(1)), Err(JqError::Run { .. })));
+        // jaq repeats the string isize::MAX times: a panic inside jaq, an error here.
+        let repeat = JqFilter::compile("\"ab\" * .").unwrap();
+        let err = repeat.run(&json!(u64::MAX)).unwrap_err();
+        assert!(err.to_string().contains("jaq panicked"), "{err}");
     }
 
     #[test]
