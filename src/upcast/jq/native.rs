@@ -102,9 +102,7 @@ impl NativeUpdate {
             Assign::Update(op) => arith(op, current.clone(), value),
         }
     }
-}
 
-impl NativeUpdate {
     /// Applies a filter whose output is its whole input (no `| PATH`) to `root` in place.
     /// `false` when it could not, and `root` is as it was: run jaq.
     pub fn apply_in_place(&self, root: &mut Value) -> bool {
