@@ -377,17 +377,19 @@ impl Run<'_, '_> {
     ) -> Result<(), MigrateError> {
         let migration = self.migration;
         let registry = migration.registry;
-        let touched = registry.find(&event.event_type, event.version).is_some();
         let source_kind = (
             CompactString::from(event.event_type.as_str()),
             event.version,
         );
         let source_id = event.id;
-        let kept =
-            (touched && migration.on_error == ErrorPolicy::DeadLetter).then(|| event.clone());
+        // Only an event that an upcaster touches can fail, and only a dead letter needs it whole.
+        let kept = (migration.on_error == ErrorPolicy::DeadLetter
+            && registry.find(&event.event_type, event.version).is_some())
+        .then(|| event.clone());
         let counts = &mut state.counts;
         match registry.upcast(event) {
             Ok(upcasted) => {
+                let touched = !upcasted.applied.is_empty();
                 let outputs = upcasted.events.len();
                 let first = pending.len();
                 for (index, mut output) in upcasted.events.into_iter().enumerate() {
@@ -412,7 +414,6 @@ impl Run<'_, '_> {
                     ));
                 }
                 counts.source_events += 1;
-                self.kinds.source(source_kind);
                 for index in upcasted.applied {
                     report::bump(&mut counts.upcasters, registry.upcasters()[index].origin());
                 }
@@ -423,6 +424,12 @@ impl Run<'_, '_> {
                     (true, _) => counts.split += 1,
                 }
                 counts.target_events += outputs as u64;
+                if !touched {
+                    // The one output is the source event: one count serves both tallies.
+                    self.kinds.unchanged(source_kind);
+                    return Ok(());
+                }
+                self.kinds.source(source_kind);
                 for (_, output) in &pending[first..] {
                     self.kinds.target(&output.event_type, output.version);
                 }

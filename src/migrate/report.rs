@@ -54,12 +54,20 @@ pub fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
 pub struct KindTally {
     source: FxHashMap<(CompactString, u32), u64>,
     target: FxHashMap<(CompactString, u32), u64>,
+    /// Events no upcaster touched, counted once for both sides.
+    unchanged: FxHashMap<(CompactString, u32), u64>,
 }
 
 impl KindTally {
     /// Counts one source event of this kind, taken before the event is upcast.
     pub fn source(&mut self, kind: (CompactString, u32)) {
         *self.source.entry(kind).or_default() += 1;
+    }
+
+    /// Counts an event that no upcaster touched: a source event and its one target event,
+    /// of the same kind, in one lookup (a pass-through migration counts every event here).
+    pub fn unchanged(&mut self, kind: (CompactString, u32)) {
+        *self.unchanged.entry(kind).or_default() += 1;
     }
 
     /// Counts one target event of this kind.
@@ -76,6 +84,11 @@ impl KindTally {
             for ((event_type, version), n) in tally.drain() {
                 *map.entry(format!("{event_type} v{version}")).or_default() += n;
             }
+        }
+        for ((event_type, version), n) in self.unchanged.drain() {
+            let kind = format!("{event_type} v{version}");
+            *counts.source_kinds.entry(kind.clone()).or_default() += n;
+            *counts.target_kinds.entry(kind).or_default() += n;
         }
     }
 }

@@ -8,18 +8,24 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde::Deserialize;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// An append-only JSONL file written as a store.
 pub struct JsonlSink {
     path: PathBuf,
-    file: BufWriter<File>,
+    file: File,
+    /// Lines not yet written to the file. Envelopes are serialized straight into it (a line
+    /// buffer handed to a `BufWriter` copied every line once more) and it goes to the file
+    /// when it holds [`WRITE_BYTES`], and at every commit.
+    buffer: Vec<u8>,
+    /// Bytes of the file, including what `buffer` holds.
     bytes: u64,
     heads: StreamHeads,
-    /// Reused buffer for one serialized line.
-    line: Vec<u8>,
 }
+
+/// How much the sink buffers before it writes to the file.
+const WRITE_BYTES: usize = 1 << 18;
 
 #[derive(Deserialize)]
 struct StreamRevision {
@@ -48,10 +54,10 @@ impl JsonlSink {
             .map_err(io_error(path))?;
         Ok(JsonlSink {
             path: path.to_path_buf(),
-            file: BufWriter::with_capacity(1 << 16, file),
+            file,
+            buffer: Vec::with_capacity(WRITE_BYTES + (1 << 12)),
             bytes: 0,
             heads: StreamHeads::default(),
-            line: Vec::with_capacity(1024),
         })
     }
 
@@ -86,15 +92,23 @@ impl JsonlSink {
                 placed.first_revision + i,
                 placed.first_position + i,
             );
-            self.line.clear();
-            envelope.write_json(&mut self.line);
-            self.line.push(b'\n');
-            self.file
-                .write_all(&self.line)
-                .map_err(io_error(&self.path))?;
-            self.bytes += self.line.len() as u64;
+            let start = self.buffer.len();
+            envelope.write_json(&mut self.buffer);
+            self.buffer.push(b'\n');
+            self.bytes += (self.buffer.len() - start) as u64;
+            if self.buffer.len() >= WRITE_BYTES {
+                self.write_buffer()?;
+            }
         }
         Ok(placed.outcome)
+    }
+
+    fn write_buffer(&mut self) -> Result<(), StoreError> {
+        self.file
+            .write_all(&self.buffer)
+            .map_err(io_error(&self.path))?;
+        self.buffer.clear();
+        Ok(())
     }
 }
 
@@ -125,11 +139,8 @@ impl EventSink for JsonlSink {
 
     fn commit(&mut self) -> BoxFuture<'_, Result<SinkMark, StoreError>> {
         async move {
-            self.file.flush().map_err(io_error(&self.path))?;
-            self.file
-                .get_ref()
-                .sync_data()
-                .map_err(io_error(&self.path))?;
+            self.write_buffer()?;
+            self.file.sync_data().map_err(io_error(&self.path))?;
             Ok(serde_json::json!({"bytes": self.bytes, "events": self.heads.next_position()}))
         }
         .boxed()
@@ -140,7 +151,9 @@ impl EventSink for JsonlSink {
         mark: Option<&'a SinkMark>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
-            let length = self.file.get_ref().metadata().map_err(io_error(&self.path))?.len();
+            // Whatever a failed run left unwritten is not part of any mark.
+            self.buffer.clear();
+            let length = self.file.metadata().map_err(io_error(&self.path))?.len();
             let Some(mark) = mark else {
                 if length > 0 {
                     return Err(StoreError::TargetNotEmpty { target: self.describe() });
@@ -154,7 +167,7 @@ impl EventSink for JsonlSink {
                     "the file has {length} bytes but the checkpoint covers {bytes}: it was changed outside recast"
                 )));
             }
-            self.file.get_ref().set_len(bytes).map_err(io_error(&self.path))?;
+            self.file.set_len(bytes).map_err(io_error(&self.path))?;
             self.file.seek(SeekFrom::Start(bytes)).map_err(io_error(&self.path))?;
             self.rescan_heads(bytes)?;
             self.bytes = bytes;
