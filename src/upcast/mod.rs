@@ -165,7 +165,13 @@ pub fn derived_event_id(source: Uuid, index: usize) -> Uuid {
 }
 
 /// SHA-1's initial hash value (FIPS 180-4, 5.3.1).
-const SHA1_INITIAL_STATE: [u32; 5] = [0x6745_2301, 0xEFCD_AB89, 0x98BA_DCFE, 0x1032_5476, 0xC3D2_E1F0];
+const SHA1_INITIAL_STATE: [u32; 5] = [
+    0x6745_2301,
+    0xEFCD_AB89,
+    0x98BA_DCFE,
+    0x1032_5476,
+    0xC3D2_E1F0,
+];
 
 /// What the chain made of one event.
 #[derive(Debug)]

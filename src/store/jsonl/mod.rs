@@ -12,15 +12,17 @@
 //! back to the mark, so events written after the last checkpoint are written again exactly
 //! once. It keeps one revision counter per stream in memory.
 
+mod reader;
 mod sink;
 
 use super::{EventSource, EventStream, StoreError};
 use crate::event::Event;
 use futures::future::BoxFuture;
 use futures::FutureExt;
+pub use reader::{parse_event_line, JsonlFileReader};
 pub use sink::JsonlSink;
-use std::fs::{self, File};
-use std::io::{BufRead, BufReader};
+use std::fs;
+
 use std::path::{Path, PathBuf};
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -28,68 +30,6 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// Reads one JSONL file line by line, yielding each event with its line number.
-pub struct JsonlFileReader {
-    path: PathBuf,
-    reader: BufReader<File>,
-    line_number: u64,
-    buffer: String,
-}
-
-impl JsonlFileReader {
-    /// Opens a file for reading.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let file = File::open(path).map_err(io_error(path))?;
-        Ok(JsonlFileReader {
-            path: path.to_path_buf(),
-            reader: BufReader::with_capacity(1 << 16, file),
-            line_number: 0,
-            buffer: String::new(),
-        })
-    }
-
-    /// The next non-blank line, with its line number.
-    pub fn next_line(&mut self) -> Option<Result<(u64, &str), StoreError>> {
-        loop {
-            self.buffer.clear();
-            self.line_number += 1;
-            match self.reader.read_line(&mut self.buffer) {
-                Ok(0) => return None,
-                Ok(_) if self.buffer.trim().is_empty() => continue,
-                Ok(_) => return Some(Ok((self.line_number, self.buffer.trim_end()))),
-                Err(source) => {
-                    return Some(Err(StoreError::BadLine {
-                        path: self.path.clone(),
-                        line: self.line_number,
-                        message: format!("cannot read line: {source}"),
-                        source: None,
-                    }))
-                }
-            }
-        }
-    }
-
-    fn next_event(&mut self) -> Option<Result<(u64, Event), StoreError>> {
-        let path = self.path.clone();
-        let (line, text) = match self.next_line()? {
-            Ok(found) => found,
-            Err(err) => return Some(Err(err)),
-        };
-        Some(parse_event_line(&path, line, text).map(|event| (line, event)))
-    }
-}
-
-/// Parses and checks one envelope line, naming file and line in any error.
-pub fn parse_event_line(path: &Path, line: u64, text: &str) -> Result<Event, StoreError> {
-    let event: Event = serde_json::from_str(text).map_err(|err| bad_json(path, line, err))?;
-    event.validate().map_err(|source| StoreError::BadEvent {
-        path: path.to_path_buf(),
-        line,
-        source,
-    })?;
-    Ok(event)
 }
 
 /// A JSON error on a line of a file, with the column instead of serde's "line 1".
@@ -344,6 +284,7 @@ impl EventSource for JsonlSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
     use std::io::Write;
 
     fn line(stream: &str, revision: u64, position: Option<u64>, n: u32) -> String {
