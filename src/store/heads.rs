@@ -44,6 +44,21 @@ impl StreamHeads {
         self.next_position = 0;
     }
 
+    /// Looks up each of `streams` and throws the answer away, so that a batch's
+    /// [`place`](Self::place)s find their entries in the cache.
+    ///
+    /// Why: with many streams the table is larger than the caches, and `place` waited on one
+    /// cache miss per event (10% of a pass-through migration, perf, 50,000 streams). Between
+    /// two `place`s lies a whole envelope's serialization, so their misses came one at a time;
+    /// a loop of nothing but lookups has no dependence from one to the next, and the CPU
+    /// overlaps their misses. Measured: the lookups and the `place`s together 8% of the run,
+    /// and the run 4% less CPU (five interleaved pairs, 1M events).
+    pub fn warm<'a>(&self, streams: impl Iterator<Item = &'a str>) {
+        for stream in streams {
+            std::hint::black_box(self.heads.get(stream));
+        }
+    }
+
     /// Checks an append of `count` events to `stream` against its expected revision and
     /// reserves their revisions and positions. One lookup in the map; a stream name is checked
     /// when the stream is new (a known one passed that check when it was first written).

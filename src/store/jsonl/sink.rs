@@ -129,6 +129,7 @@ impl EventSink for JsonlSink {
         &mut self,
         batch: Vec<AppendRequest>,
     ) -> BoxFuture<'_, Result<Vec<AppendOutcome>, StoreError>> {
+        self.heads.warm(batch.iter().map(|r| r.stream.as_str()));
         async move { batch.into_iter().map(|r| self.append_one(r)).collect() }.boxed()
     }
 
