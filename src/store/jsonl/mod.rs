@@ -22,7 +22,6 @@ use futures::FutureExt;
 pub use reader::{parse_event_line, JsonlFileReader};
 pub use sink::JsonlSink;
 use std::fs;
-
 use std::path::{Path, PathBuf};
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
