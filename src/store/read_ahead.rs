@@ -16,6 +16,8 @@
 use super::{EventStream, StoreError};
 use crate::event::Event;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 
 /// Events per batch handed from the reading thread to the consumer. Each hand-over can wake a
@@ -48,38 +50,65 @@ where
         .spawn(move || read_into(open, &sender));
     let (thread, not_started) = match started {
         Ok(thread) => (Some(thread), None),
-        Err(source) => (None, Some(source)),
+        Err(source) => (None, Some(thread_error(&path, source))),
     };
-    // Made before the stream is first polled, so that dropping an unpolled stream also waits.
-    let mut reading = Reading { receiver, thread };
-    Box::pin(async_stream::try_stream! {
-        if let Some(source) = not_started {
-            Err::<(), _>(thread_error(&path, source))?;
-        }
-        loop {
-            match reading.receiver.recv().await {
-                Some(Ahead::Events(events)) => {
-                    for event in events {
-                        yield event;
-                    }
-                }
-                Some(Ahead::Failed(err)) => Err::<(), _>(err)?,
-                Some(Ahead::End) => break,
-                None => Err::<(), _>(thread_error(
-                    &path,
-                    std::io::Error::other("the reading thread stopped before the end of the log"),
-                ))?,
-            }
-        }
+    Box::pin(Reading {
+        receiver,
+        thread,
+        batch: Vec::new().into_iter(),
+        failed: not_started,
+        ended: false,
+        path,
     })
 }
 
-/// The consumer's end: when the stream is dropped, it closes the channel and waits for the
-/// reading thread, so that nothing the thread holds (an open file, a store's sled tree)
-/// outlives the stream. The wait is at most the parsing of one batch.
+/// The consumer's end, a stream of the batches' events. When it is dropped, it closes the
+/// channel and waits for the reading thread, so that nothing the thread holds (an open file,
+/// a store's sled tree) outlives the stream. The wait is at most the parsing of one batch.
+///
+/// Written by hand rather than with `async_stream`, whose `yield` takes every event through a
+/// shared slot and a generator's state machine: handing them out of the batch directly took
+/// 1-2% less CPU, in pass-through migrations and in-memory rebuilds alike (interleaved
+/// pairs, 1M events).
 struct Reading {
     receiver: mpsc::Receiver<Ahead>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The events of the batch being handed out.
+    batch: std::vec::IntoIter<Event>,
+    /// An error to hand out next, after which the stream ends.
+    failed: Option<StoreError>,
+    ended: bool,
+    path: PathBuf,
+}
+
+impl futures::Stream for Reading {
+    type Item = Result<Event, StoreError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(event) = self.batch.next() {
+                return Poll::Ready(Some(Ok(event)));
+            }
+            if let Some(err) = self.failed.take() {
+                self.ended = true;
+                return Poll::Ready(Some(Err(err)));
+            }
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            match std::task::ready!(self.receiver.poll_recv(cx)) {
+                Some(Ahead::Events(events)) => self.batch = events.into_iter(),
+                Some(Ahead::Failed(err)) => self.failed = Some(err),
+                Some(Ahead::End) => self.ended = true,
+                None => {
+                    let stopped = std::io::Error::other(
+                        "the reading thread stopped before the end of the log",
+                    );
+                    self.failed = Some(thread_error(&self.path, stopped));
+                }
+            }
+        }
+    }
 }
 
 impl Drop for Reading {
