@@ -121,11 +121,15 @@ impl SledReadModels {
     }
 
     fn decode<T: DeserializeOwned>(&self, key: &[u8], bytes: &[u8]) -> Result<T, ReadModelError> {
-        serde_json::from_slice(bytes).map_err(|source| ReadModelError::Corrupt {
-            path: self.path.clone(),
-            key: String::from_utf8_lossy(key).into_owned(),
-            source,
-        })
+        // One UTF-8 check of the record, then serde_json's `str` reader: its byte reader checks
+        // every string again as it reads it, which was slower (rows are mostly strings).
+        let text = std::str::from_utf8(bytes).map_err(serde::de::Error::custom);
+        text.and_then(serde_json::from_str)
+            .map_err(|source| ReadModelError::Corrupt {
+                path: self.path.clone(),
+                key: String::from_utf8_lossy(key).into_owned(),
+                source,
+            })
     }
 
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, ReadModelError> {
@@ -332,6 +336,25 @@ mod tests {
                 lease: None,
             })
             .unwrap();
+    }
+
+    #[test]
+    fn a_row_that_is_not_json_text_is_corrupt_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledReadModels::open(dir.path()).unwrap();
+        write(&store, 1, "good", json!({"name": "ünïcode", "n": [1, 2]}));
+        assert_eq!(
+            store.row("p", 1, "good").unwrap(),
+            Some(json!({"name": "ünïcode", "n": [1, 2]}))
+        );
+        for (key, bytes) in [("latin1", &b"{\"name\":\"\xe9\"}"[..]), ("cut", b"{\"n\":")] {
+            store.tree.insert(row_key("p", 1, key), bytes).unwrap();
+            let err = store.row("p", 1, key).unwrap_err();
+            assert!(
+                matches!(&err, ReadModelError::Corrupt { key: k, .. } if k.ends_with(key)),
+                "{err}"
+            );
+        }
     }
 
     #[test]
