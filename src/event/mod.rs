@@ -309,6 +309,15 @@ pub fn split_type_suffix(event_type: &str) -> (String, u32) {
     (event_type.to_string(), 1)
 }
 
+/// Parses JSON text held as bytes (a stored record): one UTF-8 check of the whole text, then
+/// serde_json's `str` reader. Its byte reader (`from_slice`) checks every string again as it
+/// reads it: with it, a bounded rebuild (reloading states) took about 4% more CPU, and a
+/// rebuild from the sled event store 3-4% more (interleaved pairs, 1M events).
+pub fn json_from_bytes<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> serde_json::Result<T> {
+    let text = std::str::from_utf8(bytes).map_err(serde::de::Error::custom)?;
+    serde_json::from_str(text)
+}
+
 /// Writes `value` as JSON with object keys sorted, whatever map order serde_json was built with,
 /// so that equal values always give equal text (the basis of every checksum).
 pub fn canonical_json(value: &Value, out: &mut String) {

@@ -18,6 +18,7 @@
 use super::{
     DeadLetter, PartCheckpoint, PartId, ProjectionMeta, ReadModelError, ReadModelStore, Window,
 };
+use crate::event::json_from_bytes;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -121,15 +122,11 @@ impl SledReadModels {
     }
 
     fn decode<T: DeserializeOwned>(&self, key: &[u8], bytes: &[u8]) -> Result<T, ReadModelError> {
-        // One UTF-8 check of the record, then serde_json's `str` reader: its byte reader checks
-        // every string again as it reads it, which was slower (rows are mostly strings).
-        let text = std::str::from_utf8(bytes).map_err(serde::de::Error::custom);
-        text.and_then(serde_json::from_str)
-            .map_err(|source| ReadModelError::Corrupt {
-                path: self.path.clone(),
-                key: String::from_utf8_lossy(key).into_owned(),
-                source,
-            })
+        json_from_bytes(bytes).map_err(|source| ReadModelError::Corrupt {
+            path: self.path.clone(),
+            key: String::from_utf8_lossy(key).into_owned(),
+            source,
+        })
     }
 
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, ReadModelError> {

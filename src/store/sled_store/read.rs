@@ -4,7 +4,7 @@
 use super::layout::{decode_segment, read_u64, segment_key, segment_lines, STREAM};
 use super::log_file::LogFile;
 use super::{sled_error_in, SledStore};
-use crate::event::Event;
+use crate::event::{json_from_bytes, Event};
 use crate::store::read_ahead::read_ahead;
 use crate::store::{EventSource, EventStream, StoreError};
 use futures::future::BoxFuture;
@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 /// A stored event's line, parsed.
 pub(super) fn decode_event(path: &Path, position: u64, bytes: &[u8]) -> Result<Event, StoreError> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+    json_from_bytes(bytes).map_err(|source| StoreError::Corrupt {
         path: path.to_path_buf(),
         position,
         source,
