@@ -239,11 +239,16 @@ impl ReadModelStore for SledReadModels {
 
     fn commit(&self, window: Window) -> Result<(), ReadModelError> {
         let mut batch = ::sled::Batch::default();
+        // sled copies what it is given into a buffer of its own, so one scratch buffer serves
+        // every row: serializing into a fresh `Vec` regrew it two or three times per row.
+        let mut bytes = Vec::with_capacity(1 << 10);
         for row in window.rows {
             let key = row_key(&row.projection, row.generation, &row.key);
             match row.value {
                 Some(value) => {
-                    batch.insert(key, serde_json::to_vec(&value).expect("rows serialize"))
+                    bytes.clear();
+                    serde_json::to_writer(&mut bytes, &value).expect("rows serialize");
+                    batch.insert(key, bytes.as_slice())
                 }
                 None => batch.remove(key),
             }
