@@ -48,7 +48,13 @@ pub struct SledReadModels {
 }
 
 fn prefix(kind: u8, name: &str, generation: Option<u32>) -> Vec<u8> {
-    let mut key = Vec::with_capacity(name.len() + 16);
+    prefix_with_room(kind, name, generation, 16)
+}
+
+/// [`prefix`], in a buffer with room for `more` bytes after it (a row's key: without it, every
+/// row key was allocated twice).
+fn prefix_with_room(kind: u8, name: &str, generation: Option<u32>, more: usize) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name.len() + 1 + 4 + more);
     key.push(kind);
     key.extend_from_slice(name.as_bytes());
     key.push(0);
@@ -71,7 +77,7 @@ fn checkpoint_key(part: &PartId) -> Vec<u8> {
 }
 
 fn row_key(name: &str, generation: u32, row: &str) -> Vec<u8> {
-    let mut key = prefix(b'r', name, Some(generation));
+    let mut key = prefix_with_room(b'r', name, Some(generation), row.len());
     key.extend_from_slice(row.as_bytes());
     key
 }
