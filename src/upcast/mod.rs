@@ -310,7 +310,7 @@ impl Registry {
         };
         let mut outputs = Vec::new();
         let mut applied = Vec::new();
-        self.expand(start, &event, &mut outputs, &mut applied)?;
+        self.expand(first, start, &event, &mut outputs, &mut applied)?;
         let count = outputs.len();
         let mut events = Vec::with_capacity(count);
         for (index, output) in outputs.into_iter().enumerate() {
@@ -347,17 +347,16 @@ impl Registry {
         Ok(Upcasted { events, applied })
     }
 
+    /// Runs upcaster `index` on `current` (of its input kind), then the chain on each result:
+    /// a result no upcaster takes is an output.
     fn expand(
         &self,
+        index: usize,
         current: UpcastEvent,
         source: &Event,
         outputs: &mut Vec<UpcastEvent>,
         applied: &mut Vec<usize>,
     ) -> Result<(), UpcastError> {
-        let Some(index) = self.find(&current.event_type, current.version) else {
-            outputs.push(current);
-            return Ok(());
-        };
         let upcaster = &self.upcasters[index];
         applied.push(index);
         let results = upcaster
@@ -383,7 +382,10 @@ impl Registry {
                     event_id: source.id,
                 });
             }
-            self.expand(result, source, outputs, applied)?;
+            match self.find(&result.event_type, result.version) {
+                Some(next) => self.expand(next, result, source, outputs, applied)?,
+                None => outputs.push(result),
+            }
         }
         Ok(())
     }
