@@ -252,7 +252,8 @@ impl<'p, 'r> Pass<'p, 'r> {
         let rate = self.applied as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
         let (lane, fold) = (self.lane, &mut self.fold);
         let mut dirty = fold.take_dirty();
-        // In key order, a store's inserts walk its index in order instead of jumping around it.
+        // In key order, PostgreSQL's inserts walk its index in order instead of jumping around
+        // it. (sled 0.34's `Batch` is a hash map: it applies the rows in an order of its own.)
         dirty.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut rows = Vec::with_capacity(dirty.len());
         for ((member, key), dirty) in dirty {
