@@ -140,6 +140,11 @@ mod tests {
             (".state.r = .event.recorded_at | .state", json!({})),
             (".state.m = .event.nope | .state", json!({})),
             (".state.m = .nope | .state", json!({"m": 1})),
+            (".state.c |= ascii_upcase | .state", json!({"c": "eur"})),
+            (
+                ".state.o.c |= ascii_downcase | .state",
+                json!({"o": {"c": "SEPA"}}),
+            ),
         ] {
             let (jaq, native) = both(filter, state);
             assert_eq!(native.as_ref(), Some(jaq.as_ref().unwrap()), "{filter}");
@@ -156,6 +161,8 @@ mod tests {
             (".state.n += .event.stream | .state", json!({"n": 1})),
             (".state.o.n = 1 | .state", json!({})),
             (".state.n = .event | .state", json!({})),
+            (".state.c |= ascii_downcase | .state", json!({"c": 1})),
+            (".state.c |= ascii_downcase | .state", json!({})),
         ] {
             let (_, native) = both(filter, state);
             assert_eq!(native, None, "{filter}");

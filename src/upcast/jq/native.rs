@@ -6,9 +6,10 @@
 //! [`NativeUpdate::parse`] recognizes filters of the shape `TARGET OP EXPR` or
 //! `TARGET |= ascii_downcase` (or `ascii_upcase`), optionally followed by `| PATH`, where `OP`
 //! is `=`, `+=`, `-=` or `*=`, `EXPR` is made of paths (`.a.b`), integer literals, `+`, `-`,
-//! `*` and parentheses, and every path is a chain of plain field names. [`JqFilter`](super::JqFilter) parses it beside jaq's compilation, so only text jaq
-//! accepts is ever recognized. The tokenizer and parser are in the `parse` submodule; this file
-//! holds the subset's types and evaluates them.
+//! `*` and parentheses, and every path is a chain of plain field names.
+//! [`JqFilter`](super::JqFilter) parses it beside jaq's compilation, so only text jaq accepts
+//! is ever recognized. The tokenizer and parser are in the `parse` submodule; this file holds
+//! the subset's types and evaluates them.
 //!
 //! The native answer is given only where it is certainly jaq's: [`NativeUpdate::new_value`]
 //! returns `None` as soon as anything leaves the ground both agree on (a float, a string in
