@@ -49,13 +49,18 @@ pub struct SledReadModels {
 
 fn prefix(kind: u8, name: &str, generation: Option<u32>) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + name.len() + 1 + 4 + 16);
+    write_prefix(&mut key, kind, name, generation);
+    key
+}
+
+/// Appends the layout every key starts with: kind, name, `0x00`, and the generation if any.
+fn write_prefix(key: &mut Vec<u8>, kind: u8, name: &str, generation: Option<u32>) {
     key.push(kind);
     key.extend_from_slice(name.as_bytes());
     key.push(0);
     if let Some(generation) = generation {
         key.extend_from_slice(&generation.to_be_bytes());
     }
-    key
 }
 
 fn meta_key(name: &str) -> Vec<u8> {
@@ -80,10 +85,7 @@ fn row_key(name: &str, generation: u32, row: &str) -> Vec<u8> {
 /// its own, so a commit builds every row's key in one buffer instead of a `Vec` per row.
 fn write_row_key(key: &mut Vec<u8>, name: &str, generation: u32, row: &str) {
     key.clear();
-    key.push(b'r');
-    key.extend_from_slice(name.as_bytes());
-    key.push(0);
-    key.extend_from_slice(&generation.to_be_bytes());
+    write_prefix(key, b'r', name, Some(generation));
     key.extend_from_slice(row.as_bytes());
 }
 
