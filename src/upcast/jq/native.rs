@@ -192,7 +192,8 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
-    fn path(text: &str) -> Vec<String> {
+    /// `.a.b` as field names (the parser's tests use it too).
+    pub(super) fn path(text: &str) -> Vec<String> {
         text.split('.').skip(1).map(str::to_string).collect()
     }
 

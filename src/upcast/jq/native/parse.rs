@@ -198,11 +198,8 @@ impl Parser {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::path;
     use super::*;
-
-    fn path(text: &str) -> Vec<String> {
-        text.split('.').skip(1).map(str::to_string).collect()
-    }
 
     #[test]
     fn recognizes_the_demo_filter_with_jq_precedence() {
