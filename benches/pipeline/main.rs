@@ -11,6 +11,8 @@
 //!   that);
 //! - `migrate` JSONL -> JSONL where every event is upcast once, where none is, and with the
 //!   demo upcasters; `migrate` JSONL -> sled with the demo upcasters;
+//! - the least work of the first two, in one tight loop of borrowed envelopes ([`floor`]): how
+//!   near B_raw any design of the pipeline could come;
 //! - `rebuild` of the demo projections into sled with the state in memory; parse + fold alone
 //!   (the same rebuild with its writes dropped); `rebuild` with a 4 MiB bound, beside raw
 //!   sled writes of the very rows that bounded rebuild writes, window by window.
@@ -31,6 +33,7 @@
 //!
 //! The table goes to stdout, the figures as JSON to `target/pipeline.json`.
 
+mod floor;
 mod jobs;
 mod observed;
 mod postgres;
@@ -137,6 +140,8 @@ fn main() {
                 "file_raw" => jobs::raw_write(&target, &records),
                 "migrate_every" => jobs::migrate(&log, &state, &every, &mut jsonl()),
                 "migrate_none" => jobs::migrate(&log, &state, &none, &mut jsonl()),
+                "floor_every" => assert_eq!(floor::least_migration(&log, &target, true), events),
+                "floor_none" => assert_eq!(floor::least_migration(&log, &target, false), events),
                 "migrate_demo" => jobs::migrate(&log, &state, &demo, &mut jsonl()),
                 "migrate_sled" => {
                     let mut sink = SledStore::open(&target).expect("sink");

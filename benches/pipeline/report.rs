@@ -36,6 +36,8 @@ pub const ROWS: &[RowSpec] = &[
     row("file_raw", "raw write of the same records to a file", None, None),
     row("migrate_every", "migrate JSONL->JSONL, every event upcast", Some("b_raw"), Some(0.33)),
     row("migrate_none", "migrate JSONL->JSONL, pass-through", Some("b_raw"), Some(0.6)),
+    row("floor_every", "least work of every event upcast, one loop", Some("b_raw"), None),
+    row("floor_none", "least work of a pass-through, one loop", Some("b_raw"), None),
     row("migrate_demo", "migrate JSONL->JSONL, demo upcasters", Some("b_raw"), None),
     row("migrate_sled", "migrate JSONL->sled, demo upcasters", Some("sled_raw"), Some(0.8)),
     row("rebuild_memory", "rebuild -> sled, state in memory", Some("b_raw"), Some(0.2)),

@@ -111,6 +111,17 @@ impl Payload {
     pub fn is_raw(&self) -> bool {
         matches!(self, Payload::Raw(_))
     }
+
+    /// The payload as text: a parsed value is printed as compact JSON (the bytes every writer
+    /// of recast would give it) and dropped; raw text stays as it is.
+    pub fn into_raw(self) -> Self {
+        match self {
+            Payload::Raw(raw) => Payload::Raw(raw),
+            Payload::Parsed(value) => Payload::Raw(
+                serde_json::value::to_raw_value(&value).expect("a JSON value always prints"),
+            ),
+        }
+    }
 }
 
 impl Serialize for Payload {
@@ -362,6 +373,19 @@ mod tests {
         assert!(event.data.is_raw());
         assert_eq!(event.kind(), EventKind::new("OrderPlaced", 2));
         assert!(event.to_json_line().contains(r#""data":{"b": 1,  "a":2}"#));
+    }
+
+    #[test]
+    fn a_parsed_payload_prints_as_its_writers_would_write_it() {
+        let value = json!({"b": [1, 2.5, null], "a": "\u{1}\"", "c": {}});
+        let printed = Payload::Parsed(value.clone()).into_raw();
+        let Payload::Raw(raw) = &printed else {
+            panic!("a parsed payload stays parsed: {printed:?}");
+        };
+        assert_eq!(raw.get(), serde_json::to_string(&value).unwrap());
+        let text = r#"{ "kept" : "as it came" }"#;
+        let kept = Payload::Raw(RawValue::from_string(text.into()).unwrap()).into_raw();
+        assert!(matches!(&kept, Payload::Raw(raw) if raw.get() == text));
     }
 
     #[test]
