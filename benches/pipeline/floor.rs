@@ -60,10 +60,15 @@ pub fn least_migration(log: &Path, target: &Path, upcast: bool) -> u64 {
             None if read == 0 => block.len(),
             None => continue,
         };
-        for line in block[..end]
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-        {
+        let mut line_start = 0;
+        // The last line may lack its newline.
+        let unterminated = (end > 0 && block[end - 1] != b'\n').then_some(end);
+        for line_end in memchr::memchr_iter(b'\n', &block[..end]).chain(unterminated) {
+            let line = &block[line_start..line_end];
+            line_start = line_end + 1;
+            if line.is_empty() {
+                continue;
+            }
             let text = std::str::from_utf8(line).expect("line is UTF-8");
             let event: BorrowedEnvelope = serde_json::from_str(text).expect("line parses");
             std::hint::black_box((event.revision, event.position));
