@@ -177,39 +177,52 @@ pub fn to_envelope(
 
 /// The client's `EventData` for an event to append, with the schema version written the way
 /// the location reads it back.
-pub fn to_event_data(event: &NewEvent, version: &VersionSource) -> Result<EventData, StoreError> {
-    let bad = |reason: String| StoreError::BadRecord {
-        stream: String::new(),
-        revision: 0,
+///
+/// `data` goes to the server as the bytes it holds: raw (unparsed) text exactly as it was
+/// read, a parsed value printed once. Metadata is parsed only when recast has a key to add to
+/// it (`recorded_at`, a `metadata:KEY` version); a metadata value that is not an object then
+/// is an error naming the event, not silently replaced.
+pub fn to_event_data(
+    event: &NewEvent,
+    stream: &str,
+    version: &VersionSource,
+) -> Result<EventData, StoreError> {
+    let bad = |reason, source| StoreError::Unsendable {
+        stream: stream.to_string(),
+        id: event.id,
         reason,
+        source,
     };
-    let data = event
-        .data
-        .to_value()
-        .map_err(|e| bad(format!("event {}: data is not JSON: {e}", event.id)))?;
-    let mut metadata = match event.metadata.to_value() {
-        Ok(Value::Object(map)) => map,
-        _ => Default::default(),
-    };
+    let mut added = serde_json::Map::new();
     if let Some(recorded_at) = &event.recorded_at {
-        metadata.insert(RECORDED_AT.to_string(), Value::String(recorded_at.clone()));
+        added.insert(RECORDED_AT.to_string(), Value::String(recorded_at.clone()));
     }
     let event_type = match version {
         VersionSource::TypeSuffix if event.version > 1 => {
             format!("{}.v{}", event.event_type, event.version)
         }
         VersionSource::Metadata(key) => {
-            metadata.insert(key.clone(), Value::from(event.version));
+            added.insert(key.clone(), Value::from(event.version));
             event.event_type.clone()
         }
         _ => event.event_type.clone(),
     };
-    let payload = EventData::json(&event_type, &data)
-        .map_err(|e| bad(e.to_string()))?
+    let payload = EventData::json(&event_type, &event.data)
+        .map_err(|e| bad("data does not print as JSON", Some(e)))?
         .id(event.id);
-    payload
-        .metadata_as_json(&Value::Object(metadata))
-        .map_err(|e| bad(e.to_string()))
+    let printed = if added.is_empty() {
+        serde_json::to_vec(&event.metadata)
+    } else {
+        let mut metadata = match event.metadata.to_value() {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => return Err(bad("metadata is not a JSON object", None)),
+            Err(e) => return Err(bad("metadata is not JSON", Some(e))),
+        };
+        metadata.extend(added);
+        serde_json::to_vec(&metadata)
+    };
+    let printed = printed.map_err(|e| bad("metadata does not print as JSON", Some(e)))?;
+    Ok(payload.metadata(printed.into()))
 }
 
 /// A connection to an EventStoreDB / KurrentDB server.
@@ -379,7 +392,7 @@ impl EventSink for EsdbStore {
                 let events = request
                     .events
                     .iter()
-                    .map(|e| to_event_data(e, &self.location.version))
+                    .map(|e| to_event_data(e, &request.stream, &self.location.version))
                     .collect::<Result<Vec<_>, _>>()?;
                 let written = events.len();
                 let options =
@@ -530,7 +543,7 @@ mod tests {
             recorded_at: Some("2024-01-01T00:00:00Z".into()),
         };
         let meta = VersionSource::Metadata("schema_version".into());
-        let data = format!("{:?}", to_event_data(&event, &meta).unwrap());
+        let data = format!("{:?}", to_event_data(&event, "order-1", &meta).unwrap());
         assert!(
             data.contains("schema_version")
                 && data.contains("00000000-0000-0000-0000-000000000009"),
@@ -539,9 +552,54 @@ mod tests {
         assert!(data.contains("2024-01-01T00:00:00Z"), "{data}");
         let suffixed = format!(
             "{:?}",
-            to_event_data(&event, &VersionSource::TypeSuffix).unwrap()
+            to_event_data(&event, "order-1", &VersionSource::TypeSuffix).unwrap()
         );
         assert!(suffixed.contains("OrderPlaced.v3"), "{suffixed}");
+    }
+
+    fn raw(text: &str) -> Payload {
+        Payload::Raw(serde_json::value::RawValue::from_string(text.into()).unwrap())
+    }
+
+    #[test]
+    fn raw_payloads_reach_the_server_as_the_bytes_they_were_read_as() {
+        let event = NewEvent {
+            id: uuid::Uuid::from_u128(7),
+            event_type: "OrderPlaced".into(),
+            version: 1,
+            data: raw(r#"{"z": 1, "a": 2.50, "u": "\u00e9"}"#),
+            metadata: raw(r#"{"y": true,  "b": null}"#),
+            recorded_at: None,
+        };
+        let sent = format!(
+            "{:?}",
+            to_event_data(&event, "order-1", &VersionSource::Envelope).unwrap()
+        );
+        assert!(
+            sent.contains(r#"{\"z\": 1, \"a\": 2.50, \"u\": \"\\u00e9\"}"#),
+            "{sent}"
+        );
+        assert!(sent.contains(r#"{\"y\": true,  \"b\": null}"#), "{sent}");
+    }
+
+    #[test]
+    fn metadata_that_is_not_an_object_is_refused_when_a_key_must_be_added() {
+        let event = NewEvent {
+            id: uuid::Uuid::from_u128(5),
+            event_type: "OrderPlaced".into(),
+            version: 2,
+            data: raw("{}"),
+            metadata: raw("[1, 2]"),
+            recorded_at: Some("2024-01-01T00:00:00Z".into()),
+        };
+        let error = to_event_data(&event, "order-1", &VersionSource::TypeSuffix).unwrap_err();
+        let shown = error.to_string();
+        assert!(
+            shown.contains("00000000-0000-0000-0000-000000000005")
+                && shown.contains("order-1")
+                && shown.contains("not a JSON object"),
+            "{shown}"
+        );
     }
 
     #[test]

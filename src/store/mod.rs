@@ -116,6 +116,16 @@ pub enum StoreError {
         revision: u64,
         reason: String,
     },
+    /// An event a sink cannot send as it is (metadata that is not a JSON object where the
+    /// sink must add keys to it).
+    #[error("stream {stream}: event {id}: {reason}")]
+    Unsendable {
+        stream: String,
+        id: Uuid,
+        reason: &'static str,
+        #[source]
+        source: Option<serde_json::Error>,
+    },
     /// A mark from a checkpoint that does not fit this sink.
     #[error("checkpoint does not fit {target}: {reason}")]
     BadMark { target: String, reason: String },
