@@ -11,6 +11,9 @@
 //!   schema-version key and `recorded_at`, which are envelope fields;
 //! - `recorded_at` is the metadata's `recorded_at` (recast writes the source's timestamp there,
 //!   so a migrated event keeps it), else the server's `created` time;
+//! - appends send `data` as the payload's bytes (raw text unchanged), and metadata parsed only
+//!   to add `recorded_at` or the version key; metadata that is not an object is then refused
+//!   ([`StoreError::Unsendable`]), never replaced;
 //! - system events (types or streams starting with `$`, which includes link events `$>` in
 //!   `$all`) are not part of the log; reading a single stream resolves links to the events
 //!   they point at.
