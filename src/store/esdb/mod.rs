@@ -7,8 +7,14 @@
 //! - `version` comes from a metadata key (default `schema_version`) or from a type suffix
 //!   (`OrderPlaced.v2`), as the location's `version=` parameter says (`metadata:KEY`,
 //!   `type-suffix`); appends write it back the same way;
-//! - `metadata` is the event's custom metadata when that is a JSON object, else `{}`, less the
-//!   schema-version key and `recorded_at`, which are envelope fields;
+//! - `metadata` is the event's custom metadata (none is `{}`), less the schema-version key and
+//!   `recorded_at`, which are envelope fields; custom metadata that is not a JSON object is an
+//!   error naming the stream and revision (the envelope's metadata is an object, and dropping
+//!   it would lose it silently);
+//! - `data` is the payload's JSON text, unparsed (an empty JSON payload is `null`); a binary
+//!   payload (content type not JSON) becomes its base64 text, marked by the metadata key
+//!   [`convert::DATA_ENCODING`] (`"recast_data_encoding": "base64"`), and an append sends such an
+//!   event as binary again, so it passes through recast whole;
 //! - `recorded_at` is the metadata's `recorded_at` (recast writes the source's timestamp there,
 //!   so a migrated event keeps it), else the server's `created` time;
 //! - appends send `data` as the payload's bytes (raw text unchanged), and metadata parsed only
@@ -30,21 +36,21 @@
 //! [&types=OrderPlaced,OrderShipped]`; everything but recast's own parameters is passed to the
 //! client's connection-string parser. Credentials in the location never appear in messages.
 
+pub mod convert;
+
+pub use convert::{to_envelope, to_event_data};
+
 use super::{
-    AppendOutcome, AppendRequest, EventSink, EventSource, EventStream, NewEvent, SinkMark,
-    StoreError, StreamState,
+    AppendOutcome, AppendRequest, EventSink, EventSource, EventStream, SinkMark, StoreError,
+    StreamState,
 };
-use crate::event::{Event, Payload, VersionSource};
+use crate::event::VersionSource;
 use eventstore::{
-    AppendToStreamOptions, Client, ClientSettings, EventData, ReadAllOptions, ReadStreamOptions,
-    RecordedEvent, StreamPosition, SubscribeToAllOptions, SubscriptionFilter,
+    AppendToStreamOptions, Client, ClientSettings, ReadAllOptions, ReadStreamOptions,
+    StreamPosition, SubscribeToAllOptions, SubscriptionFilter,
 };
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use serde_json::Value;
-
-/// The metadata key that carries recast's `recorded_at` through the server.
-const RECORDED_AT: &str = "recorded_at";
 
 /// Settings of an `esdb://` location.
 #[derive(Debug, Clone)]
@@ -114,118 +120,6 @@ impl EsdbLocation {
             && self.prefix.as_deref().is_none_or(|p| stream.starts_with(p))
             && (self.types.is_empty() || self.types.iter().any(|t| t == event_type))
     }
-}
-
-/// The envelope of a recorded event, or `None` for a system event.
-pub fn to_envelope(
-    recorded: &RecordedEvent,
-    version: &VersionSource,
-) -> Result<Option<Event>, StoreError> {
-    if recorded.stream_id.starts_with('$') || recorded.event_type.starts_with('$') {
-        return Ok(None);
-    }
-    let bad = |reason: String| StoreError::BadRecord {
-        stream: recorded.stream_id.clone(),
-        revision: recorded.revision,
-        reason,
-    };
-    let mut metadata: Value = match serde_json::from_slice::<Value>(&recorded.custom_metadata) {
-        Ok(Value::Object(map)) => Value::Object(map),
-        _ => Value::Object(Default::default()),
-    };
-    let (event_type, schema_version) = match version {
-        VersionSource::Envelope => (recorded.event_type.clone(), 1),
-        other => other
-            .resolve(&recorded.event_type, &metadata)
-            .ok_or_else(|| {
-                bad(format!(
-                    "schema version in {other:?} is not a positive integer"
-                ))
-            })?,
-    };
-    let fields = metadata.as_object_mut().expect("metadata is an object");
-    if let VersionSource::Metadata(key) = version {
-        fields.remove(key);
-    }
-    let recorded_at = match fields.remove(RECORDED_AT) {
-        Some(Value::String(text)) => text,
-        _ => recorded
-            .created
-            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-    };
-    let data = if recorded.is_json && !recorded.data.is_empty() {
-        let text = std::str::from_utf8(&recorded.data)
-            .map_err(|e| bad(format!("data is not UTF-8: {e}")))?;
-        Payload::Raw(
-            serde_json::value::RawValue::from_string(text.to_string())
-                .map_err(|e| bad(format!("data is not JSON: {e}")))?,
-        )
-    } else {
-        Payload::Parsed(Value::Null)
-    };
-    let event = Event {
-        stream: recorded.stream_id.clone(),
-        revision: recorded.revision,
-        position: Some(recorded.position.commit),
-        id: uuid::Uuid::from_bytes(*recorded.id.as_bytes()),
-        event_type,
-        version: schema_version,
-        data,
-        metadata: Payload::Parsed(metadata),
-        recorded_at: Some(recorded_at),
-    };
-    event.validate().map_err(|e| bad(e.to_string()))?;
-    Ok(Some(event))
-}
-
-/// The client's `EventData` for an event to append, with the schema version written the way
-/// the location reads it back.
-///
-/// `data` goes to the server as the bytes it holds: raw (unparsed) text exactly as it was
-/// read, a parsed value printed once. Metadata is parsed only when recast has a key to add to
-/// it (`recorded_at`, a `metadata:KEY` version); a metadata value that is not an object then
-/// is an error naming the event, not silently replaced.
-pub fn to_event_data(
-    event: &NewEvent,
-    stream: &str,
-    version: &VersionSource,
-) -> Result<EventData, StoreError> {
-    let bad = |reason, source| StoreError::Unsendable {
-        stream: stream.to_string(),
-        id: event.id,
-        reason,
-        source,
-    };
-    let mut added = serde_json::Map::new();
-    if let Some(recorded_at) = &event.recorded_at {
-        added.insert(RECORDED_AT.to_string(), Value::String(recorded_at.clone()));
-    }
-    let event_type = match version {
-        VersionSource::TypeSuffix if event.version > 1 => {
-            format!("{}.v{}", event.event_type, event.version)
-        }
-        VersionSource::Metadata(key) => {
-            added.insert(key.clone(), Value::from(event.version));
-            event.event_type.clone()
-        }
-        _ => event.event_type.clone(),
-    };
-    let payload = EventData::json(&event_type, &event.data)
-        .map_err(|e| bad("data does not print as JSON", Some(e)))?
-        .id(event.id);
-    let printed = if added.is_empty() {
-        serde_json::to_vec(&event.metadata)
-    } else {
-        let mut metadata = match event.metadata.to_value() {
-            Ok(Value::Object(map)) => map,
-            Ok(_) => return Err(bad("metadata is not a JSON object", None)),
-            Err(e) => return Err(bad("metadata is not JSON", Some(e))),
-        };
-        metadata.extend(added);
-        serde_json::to_vec(&metadata)
-    };
-    let printed = printed.map_err(|e| bad("metadata does not print as JSON", Some(e)))?;
-    Ok(payload.metadata(printed.into()))
 }
 
 /// A connection to an EventStoreDB / KurrentDB server.
@@ -446,164 +340,6 @@ impl EventSink for EsdbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn recorded(stream: &str, event_type: &str, data: &str, custom: &str) -> RecordedEvent {
-        RecordedEvent {
-            stream_id: stream.into(),
-            id: uuid::Uuid::from_u128(7),
-            revision: 4,
-            event_type: event_type.into(),
-            data: data.as_bytes().to_vec().into(),
-            metadata: HashMap::new(),
-            custom_metadata: custom.as_bytes().to_vec().into(),
-            is_json: true,
-            position: eventstore::Position {
-                commit: 1234,
-                prepare: 1234,
-            },
-            created: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
-        }
-    }
-
-    #[test]
-    fn recorded_events_map_to_envelopes() {
-        let meta = VersionSource::Metadata("schema_version".into());
-        let e = to_envelope(
-            &recorded(
-                "order-1",
-                "OrderPlaced",
-                r#"{"a":1}"#,
-                r#"{"schema_version":"2","user":"u"}"#,
-            ),
-            &meta,
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(
-            (
-                e.stream.as_str(),
-                e.revision,
-                e.position,
-                e.event_type.as_str(),
-                e.version
-            ),
-            ("order-1", 4, Some(1234), "OrderPlaced", 2)
-        );
-        assert_eq!(e.data.to_value().unwrap(), serde_json::json!({"a": 1}));
-        assert_eq!(
-            e.metadata.to_value().unwrap(),
-            serde_json::json!({"user": "u"})
-        );
-        assert_eq!(e.recorded_at.as_deref(), Some("2023-11-14T22:13:20Z"));
-        let carried = to_envelope(
-            &recorded(
-                "order-1",
-                "T",
-                "{}",
-                r#"{"recorded_at":"2020-01-01T00:00:00Z"}"#,
-            ),
-            &meta,
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(carried.recorded_at.as_deref(), Some("2020-01-01T00:00:00Z"));
-        assert_eq!(carried.metadata.to_value().unwrap(), serde_json::json!({}));
-        let suffixed = to_envelope(
-            &recorded("order-1", "OrderPlaced.v3", "{}", ""),
-            &VersionSource::TypeSuffix,
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(
-            (suffixed.event_type.as_str(), suffixed.version),
-            ("OrderPlaced", 3)
-        );
-        assert!(to_envelope(&recorded("$stats-1", "X", "{}", ""), &meta)
-            .unwrap()
-            .is_none());
-        assert!(
-            to_envelope(&recorded("order-1", "$>", "1@order-2", ""), &meta)
-                .unwrap()
-                .is_none()
-        );
-        let bad = to_envelope(
-            &recorded("order-1", "T", "{}", r#"{"schema_version":"x"}"#),
-            &meta,
-        )
-        .unwrap_err();
-        assert!(bad.to_string().contains("order-1"), "{bad}");
-    }
-
-    #[test]
-    fn new_events_carry_id_and_version_the_way_they_are_read_back() {
-        let event = NewEvent {
-            id: uuid::Uuid::from_u128(9),
-            event_type: "OrderPlaced".into(),
-            version: 3,
-            data: Payload::Parsed(serde_json::json!({"a": 1})),
-            metadata: Payload::Parsed(serde_json::json!({"user": "u"})),
-            recorded_at: Some("2024-01-01T00:00:00Z".into()),
-        };
-        let meta = VersionSource::Metadata("schema_version".into());
-        let data = format!("{:?}", to_event_data(&event, "order-1", &meta).unwrap());
-        assert!(
-            data.contains("schema_version")
-                && data.contains("00000000-0000-0000-0000-000000000009"),
-            "{data}"
-        );
-        assert!(data.contains("2024-01-01T00:00:00Z"), "{data}");
-        let suffixed = format!(
-            "{:?}",
-            to_event_data(&event, "order-1", &VersionSource::TypeSuffix).unwrap()
-        );
-        assert!(suffixed.contains("OrderPlaced.v3"), "{suffixed}");
-    }
-
-    fn raw(text: &str) -> Payload {
-        Payload::Raw(serde_json::value::RawValue::from_string(text.into()).unwrap())
-    }
-
-    #[test]
-    fn raw_payloads_reach_the_server_as_the_bytes_they_were_read_as() {
-        let event = NewEvent {
-            id: uuid::Uuid::from_u128(7),
-            event_type: "OrderPlaced".into(),
-            version: 1,
-            data: raw(r#"{"z": 1, "a": 2.50, "u": "\u00e9"}"#),
-            metadata: raw(r#"{"y": true,  "b": null}"#),
-            recorded_at: None,
-        };
-        let sent = format!(
-            "{:?}",
-            to_event_data(&event, "order-1", &VersionSource::Envelope).unwrap()
-        );
-        assert!(
-            sent.contains(r#"{\"z\": 1, \"a\": 2.50, \"u\": \"\\u00e9\"}"#),
-            "{sent}"
-        );
-        assert!(sent.contains(r#"{\"y\": true,  \"b\": null}"#), "{sent}");
-    }
-
-    #[test]
-    fn metadata_that_is_not_an_object_is_refused_when_a_key_must_be_added() {
-        let event = NewEvent {
-            id: uuid::Uuid::from_u128(5),
-            event_type: "OrderPlaced".into(),
-            version: 2,
-            data: raw("{}"),
-            metadata: raw("[1, 2]"),
-            recorded_at: Some("2024-01-01T00:00:00Z".into()),
-        };
-        let error = to_event_data(&event, "order-1", &VersionSource::TypeSuffix).unwrap_err();
-        let shown = error.to_string();
-        assert!(
-            shown.contains("00000000-0000-0000-0000-000000000005")
-                && shown.contains("order-1")
-                && shown.contains("not a JSON object"),
-            "{shown}"
-        );
-    }
 
     #[test]
     fn locations_keep_recast_parameters_and_hide_credentials() {
