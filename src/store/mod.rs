@@ -116,8 +116,8 @@ pub enum StoreError {
         revision: u64,
         reason: String,
     },
-    /// An event a sink cannot send as it is (metadata that is not a JSON object where the
-    /// sink must add keys to it).
+    /// An event a sink cannot send as it is: metadata that is not a JSON object where the
+    /// sink must add keys to it, or data marked as base64 that is not base64 text.
     #[error("stream {stream}: event {id}: {reason}")]
     Unsendable {
         stream: String,

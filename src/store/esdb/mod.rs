@@ -17,9 +17,9 @@
 //!   event as binary again, so it passes through recast whole;
 //! - `recorded_at` is the metadata's `recorded_at` (recast writes the source's timestamp there,
 //!   so a migrated event keeps it), else the server's `created` time;
-//! - appends send `data` as the payload's bytes (raw text unchanged), and metadata parsed only
-//!   to add `recorded_at` or the version key; metadata that is not an object is then refused
-//!   ([`StoreError::Unsendable`]), never replaced;
+//! - appends send `data` as the payload's bytes (raw text unchanged), and parse metadata only
+//!   to add `recorded_at` or the version key or to find the binary marker; metadata that is not
+//!   an object is then refused ([`StoreError::Unsendable`]), never replaced;
 //! - system events (types or streams starting with `$`, which includes link events `$>` in
 //!   `$all`) are not part of the log; reading a single stream resolves links to the events
 //!   they point at.
